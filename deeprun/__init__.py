@@ -1,0 +1,27 @@
+"""deeprun: why does my deeper network train worse? Run it and read the per-layer record.
+
+Notebook API, the same code path as the `deeprun` command::
+
+    import deeprun
+    cfg = deeprun.compose(["model=resnet", "depth=20", "epochs=50"])
+    result = deeprun.run(cfg)               # .summary, .epochs, .layers, .model
+    data = deeprun.build_data(cfg)
+    model = deeprun.build_model(cfg, data)
+
+torch loads on first use of run / build_*, so `deeprun --help` and config errors stay fast.
+"""
+
+from .config import ConfigError, compose
+
+__all__ = ["ConfigError", "compose", "run", "build_data", "build_model", "Result"]
+__version__ = "0.1.0"
+
+_LAZY = {"run": "api", "Result": "api", "build_data": "data", "build_model": "models"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'deeprun' has no attribute {name!r}")

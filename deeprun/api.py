@@ -1,0 +1,84 @@
+"""One run, start to finish: config -> data -> model -> train -> records. The CLI and notebooks share it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from . import display
+from .config import ConfigError, validate
+from .data import build_data, resolve_device
+from .models import build_model, count_params, resolve_init
+from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, write_atomic,
+                      write_summary, write_table)
+from .train import History, train
+
+
+@dataclass
+class Result:
+    summary: dict  # the run's row of the results table
+    epochs: pd.DataFrame  # one row per epoch (epoch 0 = at initialisation)
+    layers: pd.DataFrame  # one row per (logged epoch, layer)
+    model: Optional[nn.Module]
+    out_dir: Optional[Path]
+
+
+def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optional[bool] = None) -> Result:
+    """Train as `cfg` says; with `out_dir`, write summary.json, epochs.csv, layers.csv and checkpoints there.
+
+    A failure or Ctrl-C still leaves complete records (status failed / interrupted)
+    before the exception goes on to the caller.
+    """
+    validate(cfg)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    history = History(metric="", layer_names=[])
+    row = config_row(cfg, resolve_init(cfg.init, cfg.act), cfg.device.name)
+    status, error, model, data = "running", None, None, None
+    if out is not None:
+        write_summary(out, {**row, "status": status})
+    try:
+        device = resolve_device(cfg.device.name)
+        row["device"] = device.type
+        data = build_data(cfg, device)
+        history.metric = data.metric
+        model = build_model(cfg, data)
+        row.update(task=data.task, params=count_params(model))
+        _checkpoint(out, cfg, "init", model)
+        show = cfg.log.progress if progress is None else progress
+        with display.epoch_progress(cfg.epochs, enabled=show) as on_log:
+            train(model, data, cfg, history, on_log)
+        status = "diverged" if history.diverged_epoch is not None else "completed"
+        _checkpoint(out, cfg, "final", model)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "KeyboardInterrupt"
+        raise
+    except Exception as e:
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        summary = {**row, "status": status, "diverged_epoch": history.diverged_epoch,
+                   **metrics_row(cfg, history.metric, history.epochs, history.layers),
+                   "seconds": time.perf_counter() - start, "error": error}
+        epochs = pd.DataFrame(history.epochs, columns=epoch_columns(history.metric or "val_metric"))
+        layers = pd.DataFrame(history.layers, columns=layer_columns())
+        if out is not None:
+            write_table(out / EPOCHS, history.epochs, list(epochs.columns))
+            write_table(out / LAYERS, history.layers, list(layers.columns))
+            write_summary(out, summary)  # last: a summary with a final status means the rest is there
+    return Result(summary, epochs, layers, model, out)
+
+
+def _checkpoint(out: Optional[Path], cfg: DictConfig, name: str, model: nn.Module) -> None:
+    if out is not None and name in cfg.save.checkpoints:
+        write_atomic(out / f"{name}.pt", lambda f: torch.save(model.state_dict(), f), mode="wb")
+

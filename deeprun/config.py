@@ -1,0 +1,360 @@
+"""The config schema (dataclasses in Hydra's ConfigStore) and the checks a schema cannot express.
+
+Every group option YAML under conf/ names its schema in its defaults list
+(``/schema/<group>@_here_: <option>``), so a misspelt key or a wrong type fails
+at compose time. Ranges and cross-key rules live in :func:`validate`.
+No torch import here: ``--help`` and config errors stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, List, Optional, TypeVar, get_type_hints
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A user's mistake in the config: printed as one line, exit status 2."""
+
+
+def lookup(table: dict[str, T], name: str, kind: str) -> T:
+    """table[name], or an error listing the valid choices."""
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r}; choose from: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def conf_dir() -> Path:
+    """conf/ inside the installed package, else the checkout's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"deeprun's conf/ not found next to {here}")
+
+
+# --- groups -----------------------------------------------------------------
+# The `name` field of each group is the option's registry name; it is what the
+# results table records, never an import path.
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    name: str = "mlp"
+    widths: Optional[List[int]] = None  # unequal hidden widths; overrides depth and width
+
+
+@dataclass
+class ResNetConfig(ModelConfig):
+    name: str = "resnet"
+
+
+@dataclass
+class ActConfig:
+    name: str = MISSING
+
+
+@dataclass
+class LeakyReLUConfig(ActConfig):
+    name: str = "leaky_relu"
+    slope: float = 0.01  # negative slope; also sets the Kaiming gain
+
+
+@dataclass
+class InitConfig:
+    name: str = "auto"  # auto picks by activation; the pick is what the results record
+
+
+@dataclass
+class UniformInitConfig(InitConfig):
+    name: str = "uniform"
+    a: float = 0.5  # U(-a, a); seed 001 uses 0.5
+
+
+@dataclass
+class NormalInitConfig(InitConfig):
+    name: str = "normal"
+    std: float = 0.01  # N(0, std^2)
+
+
+@dataclass
+class NormConfig:
+    name: str = "none"
+    position: str = "pre"  # pre: Linear-Norm-Act; post: Linear-Act-Norm (seed 000's question)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    name: str = "adamw"
+    weight_decay: float = 0.01
+
+
+@dataclass
+class RMSpropConfig(OptimizerConfig):
+    name: str = "rmsprop"
+    alpha: float = 0.99
+    momentum: float = 0.0
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"
+
+
+@dataclass
+class StepSchedulerConfig(SchedulerConfig):
+    name: str = "step"
+    step_size: int = 30  # epochs
+    gamma: float = 0.1
+
+
+@dataclass
+class CosineSchedulerConfig(SchedulerConfig):
+    name: str = "cosine"
+    eta_min: float = 0.0  # anneals from lr to eta_min over all epochs
+
+
+@dataclass
+class PlateauSchedulerConfig(SchedulerConfig):
+    name: str = "plateau"  # on validation loss (training loss when there is no validation set)
+    factor: float = 0.1
+    patience: int = 10
+    min_lr: float = 0.0
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "auto"  # auto: cuda, then mps, then cpu
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    val_fraction: float = 0.2
+    seed: int = 0  # the data set and its split; the top-level seed drives init and shuffling
+
+
+@dataclass
+class RegressionDataConfig(DataConfig):
+    name: str = "regression"
+    n: int = 400
+    noise: float = 0.0  # std of Gaussian noise added to y
+    low: float = -2.0
+    high: float = 2.0
+
+
+@dataclass
+class DiagFlipDataConfig(DataConfig):
+    name: str = "diag_flip"
+    val_fraction: float = 0.0  # the 16 images are the whole task
+
+
+@dataclass
+class ClassificationDataConfig(DataConfig):
+    name: str = "classification"
+    n: int = 1000
+    n_features: int = 20
+    n_classes: int = 2
+    class_sep: float = 2.0  # spread of the cluster centres, in noise standard deviations
+
+
+@dataclass
+class CSVDataConfig(DataConfig):
+    name: str = "csv"
+    path: Optional[str] = None
+    target: Any = None  # a column name or a list of them
+    features: Optional[List[str]] = None  # default: every column but the targets
+    task: str = "auto"  # auto | classification | regression
+    max_classes: int = 20  # auto: integer targets with at most this many values are classes
+
+
+# --- top level ----------------------------------------------------------------
+
+
+@dataclass
+class LogConfig:
+    every: int = 1  # probe every N epochs (and at epoch 0, the init)
+    loss_at: List[int] = field(default_factory=lambda: [200])  # epochs recorded as loss@<epoch>
+    progress: bool = True  # rich progress bar and summary table
+
+
+@dataclass
+class SaveConfig:
+    checkpoints: List[str] = field(default_factory=list)  # any of: init, final
+
+
+@dataclass
+class Config:
+    model: Any = MISSING  # built-in options carry their schema; model=custom is open for _target_
+    act: ActConfig = MISSING
+    init: InitConfig = MISSING
+    norm: NormConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    device: DeviceConfig = MISSING
+    data: Any = MISSING  # as model: data=custom takes a _target_
+    depth: int = 3
+    width: int = 32
+    epochs: int = 200
+    lr: float = 1e-3
+    batch_size: Optional[int] = None  # null: full batch
+    seed: int = 0
+    dropout: float = 0.0
+    grad_clip: Optional[float] = None  # max global grad norm; null: off
+    log: LogConfig = field(default_factory=LogConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
+
+
+# Options with keys of their own; the others are checked by the base class the
+# top-level field is typed with.
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"mlp": MLPConfig, "resnet": ResNetConfig},
+    "act": {"leaky_relu": LeakyReLUConfig},
+    "init": {"uniform": UniformInitConfig, "normal": NormalInitConfig},
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig, "rmsprop": RMSpropConfig},
+    "scheduler": {"step": StepSchedulerConfig, "cosine": CosineSchedulerConfig, "plateau": PlateauSchedulerConfig},
+    "data": {"regression": RegressionDataConfig, "diag_flip": DiagFlipDataConfig,
+             "classification": ClassificationDataConfig, "csv": CSVDataConfig},
+}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    for group, table in SCHEMAS.items():
+        for name, node in table.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+register_configs()
+
+
+# --- checks a type cannot express -----------------------------------------------
+
+ACTIVATION_NAMES = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "mish",
+                    "tanh", "sigmoid", "softplus", "identity")
+INIT_NAMES = ("auto", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal",
+              "lecun_normal", "orthogonal", "uniform", "normal", "torch_default")
+CHOICES = {
+    "act.name": ACTIVATION_NAMES,
+    "init.name": INIT_NAMES,
+    "norm.name": ("none", "batch", "layer"),
+    "norm.position": ("pre", "post"),
+    "optimizer.name": ("sgd", "adam", "adamw", "rmsprop"),
+    "scheduler.name": ("none", "step", "cosine", "plateau"),
+    "device.name": ("auto", "cpu", "cuda", "mps"),
+    "data.task": ("auto", "classification", "regression"),
+}
+CHECKPOINTS = ("init", "final")
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={_show(value)}: must be {allowed}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    return str(value) if not isinstance(value, str) else repr(value)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key whose value is out of range."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _require(value in allowed, key, value, "one of: " + ", ".join(allowed))
+    _require(cfg.depth >= 1, "depth", cfg.depth, ">= 1")
+    _require(cfg.width >= 1, "width", cfg.width, ">= 1")
+    _require(cfg.epochs >= 1, "epochs", cfg.epochs, ">= 1")
+    _require(cfg.lr > 0, "lr", cfg.lr, "> 0")
+    _require(cfg.batch_size is None or cfg.batch_size >= 1, "batch_size", cfg.batch_size, ">= 1 or null (full batch)")
+    _require(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "in [0, 1)")
+    _require(cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", cfg.grad_clip, "> 0 or null (off)")
+    _require(cfg.log.every >= 1, "log.every", cfg.log.every, ">= 1")
+    _require(all(e >= 1 for e in cfg.log.loss_at), "log.loss_at", cfg.log.loss_at, "epochs >= 1 (the first epoch is 1)")
+    _require(all(c in CHECKPOINTS for c in cfg.save.checkpoints), "save.checkpoints", cfg.save.checkpoints,
+             "a list of: " + ", ".join(CHECKPOINTS))
+    widths = OmegaConf.select(cfg, "model.widths")
+    if widths is not None:
+        _require(len(widths) >= 1 and all(w >= 1 for w in widths), "model.widths", widths, "a non-empty list of ints >= 1")
+    for key in ("init.a", "init.std"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _require(value > 0, key, value, "> 0")
+    _validate_data(cfg.data)
+    _validate_custom(cfg.model, "model")
+
+
+def _validate_data(data: DictConfig) -> None:
+    _require(0 <= data.get("val_fraction", 0.0) < 1, "data.val_fraction", data.get("val_fraction"), "in [0, 1)")
+    for key in ("n", "n_features"):
+        if key in data:
+            _require(data[key] >= 1, f"data.{key}", data[key], ">= 1")
+    if "n_classes" in data:
+        _require(data.n_classes >= 2, "data.n_classes", data.n_classes, ">= 2")
+    if data.get("name") == "csv":
+        path = data.path
+        _require(bool(path), "data.path", path, "the path of a CSV file, e.g. data.path=my.csv")
+        if not os.path.isfile(path):
+            raise ConfigError(f"data.path={path!r}: no such file (working directory: {os.getcwd()})")
+        target = data.target
+        ok = isinstance(target, str) and target or (isinstance(target, ListConfig) and len(target) > 0)
+        _require(bool(ok), "data.target", target, "a column name or a list of column names")
+    _validate_custom(data, "data")
+
+
+def _validate_custom(node: DictConfig, group: str) -> None:
+    if "_target_" in node:
+        target = node._target_
+        _require(isinstance(target, str) and "." in target, f"{group}._target_", target,
+                 "an importable dotted path, e.g. my_package.my_module.MyThing")
+
+
+def schema_keys(path: str) -> list[str]:
+    """Field names of the schema node at `path` (e.g. 'log'), for 'choose from' lists."""
+    node: Any = Config
+    for part in [p for p in path.split(".") if p]:
+        node = get_type_hints(node).get(part) if is_dataclass(node) else None
+    return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
+
+
+def compose(overrides: Optional[list[str]] = None) -> DictConfig:
+    """The config `deeprun <overrides>` would run, for notebooks and tests."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    validate(cfg)
+    return cfg

@@ -1,0 +1,120 @@
+"""Run records: summary.json (one results row), epochs.csv, layers.csv; atomic writes.
+
+A reader never sees a torn file: each record is written to a temporary file in
+the same directory and renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from .probes import LAYER_COLUMNS
+
+SUMMARY, EPOCHS, LAYERS = "summary.json", "epochs.csv", "layers.csv"
+STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
+GROUPS = ("model", "act", "init", "norm", "optimizer", "scheduler", "data", "device")
+
+
+def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Call write(file) on a temporary file next to `path`, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_summary(out_dir: Path, summary: dict) -> None:
+    clean = {k: _finite_or_none(v) for k, v in summary.items()}
+    write_atomic(Path(out_dir) / SUMMARY, lambda f: json.dump(clean, f, indent=1))
+
+
+def write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
+    frame = pd.DataFrame(rows, columns=columns)
+    write_atomic(path, lambda f: frame.to_csv(f, index=False))
+
+
+def epoch_columns(metric: str) -> list[str]:
+    return ["epoch", "train_loss", "val_loss", metric, "lr", "seconds"]
+
+
+def layer_columns() -> list[str]:
+    return ["epoch", "layer", "name", *LAYER_COLUMNS]
+
+
+def config_row(cfg: DictConfig, init: str, device: str) -> dict:
+    """The config half of a results row: group names, top-level keys, then group extras (`optimizer.momentum`)."""
+    widths = OmegaConf.select(cfg, "model.widths")
+    row = {
+        "model": cfg.model.name, "depth": len(widths) if widths else cfg.depth, "width": None if widths else cfg.width,
+        "act": cfg.act.name, "init": init, "norm": cfg.norm.name, "norm_position": cfg.norm.position,
+        "optimizer": cfg.optimizer.name, "scheduler": cfg.scheduler.name, "lr": cfg.lr,
+        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "dropout": cfg.dropout, "grad_clip": cfg.grad_clip,
+        "data": cfg.data.name, "seed": cfg.seed, "device": device,
+    }
+    for group in GROUPS:
+        for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
+            if key not in ("name", "position"):
+                row[f"{group}.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    return row
+
+
+def metrics_row(cfg: DictConfig, metric: str | None, epochs: list[dict], layers: list[dict]) -> dict:
+    """The outcome half of a results row, from the epoch and layer records."""
+    nan = math.nan
+    trained = [r for r in epochs if r["epoch"] >= 1]
+    last = trained[-1] if trained else {}
+    by_epoch = {r["epoch"]: r for r in epochs}
+    row = {
+        "final_train_loss": last.get("train_loss", nan),
+        "final_val_loss": last.get("val_loss", nan),
+        "best_val_loss": min((r["val_loss"] for r in trained if math.isfinite(r["val_loss"])), default=nan),
+    }
+    if metric:
+        row[metric] = last.get(metric, nan)
+    for e in cfg.log.loss_at:
+        if e <= cfg.epochs:
+            row[f"loss@{e}"] = by_epoch.get(e, {}).get("train_loss", nan)
+    final = [r for r in layers if r["epoch"] == layers[-1]["epoch"]] if layers else []
+    first = final[0]["grad_norm"] if final else nan
+    last_hidden = final[max(len(final) - 2, 0)]["grad_norm"] if final else nan  # the layer before the head
+    row.update(
+        grad_norm_first=first,
+        grad_norm_last=last_hidden,
+        grad_ratio=first / last_hidden if last_hidden else nan,
+        dead_frac_max=_nanmax(r["dead_frac"] for r in final),
+        saturated_frac_max=_nanmax(r["saturated_frac"] for r in final),
+    )
+    return row
+
+
+def _nanmax(values) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return max(finite) if finite else math.nan
+
+
+def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(summary, epochs, layers) of one run directory."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    epochs = pd.read_csv(run_dir / EPOCHS) if (run_dir / EPOCHS).exists() else pd.DataFrame()
+    layers = pd.read_csv(run_dir / LAYERS) if (run_dir / LAYERS).exists() else pd.DataFrame()
+    return summary, epochs, layers
