@@ -1,0 +1,36 @@
+# deeprun: `make run` trains the default experiment, `make test` runs the suite.
+# Both create the virtual environment in .venv/ on first use.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= -q
+ARGS ?=
+
+.PHONY: help install run test test-fast bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## create .venv and install deeprun (editable) with test tools
+
+# constraints.txt pins torch to the CPU wheel this machine has on disk; the
+# package itself keeps an open range for users.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[test]'
+	touch $@
+
+run: install  ## train the default experiment (pass overrides as ARGS="depth=8 act=tanh")
+	$(VENV)/bin/deeprun $(ARGS)
+
+test: install  ## the whole test suite
+	$(PY) -m pytest -q
+
+test-fast: install  ## the suite without the slow end-to-end runs
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install  ## deeprun vs a hand-written PyTorch loop, as ratios
+	$(PY) bench/bench.py
+
+clean:  ## remove the environment and caches (keeps outputs/)
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info
