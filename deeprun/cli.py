@@ -11,7 +11,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -25,7 +25,10 @@ def _app(cfg: DictConfig) -> None:
     from .api import run  # torch loads here, after the config is known to be good
     from .display import print_summary
 
-    result = run(cfg, out_dir=HydraConfig.get().runtime.output_dir)
+    try:
+        result = run(cfg, out_dir=HydraConfig.get().runtime.output_dir)
+    except ConfigError as e:  # raised here, past Hydra's job runner, it would print a second line
+        _usage_error(e)
     if cfg.log.progress:
         print_summary(result.summary, result.out_dir)
 
@@ -37,11 +40,15 @@ def main() -> None:
     try:
         _app()
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
-        print(f"deeprun: error: {one_line(e)}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+        _usage_error(e)
     except KeyboardInterrupt:
         print("deeprun: interrupted; records marked 'interrupted'", file=sys.stderr)
         sys.exit(130)
+
+
+def _usage_error(e: BaseException) -> None:
+    print(f"deeprun: error: {one_line(e)}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
 
 
 def one_line(e: BaseException) -> str:
@@ -50,6 +57,8 @@ def one_line(e: BaseException) -> str:
         group, _, option = e.missing_cfg_file.rpartition("/")
         options = ", ".join(o for o in (e.options or []))
         return f"{group}={option}: no such option; choose from: {options}"
+    if isinstance(e, OverrideParseException):
+        return f"cannot parse {e.override!r}: {str(e).strip().splitlines()[0]} (override grammar: key=value)"
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
     key = getattr(cause, "full_key", None)
     message = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]

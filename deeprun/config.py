@@ -326,16 +326,22 @@ def _validate_data(data: DictConfig) -> None:
         _require(data.n_classes >= 2, "data.n_classes", data.n_classes, ">= 2")
     if data.get("name") == "csv":
         path = data.path
-        _require(bool(path), "data.path", path, "the path of a CSV file, e.g. data.path=my.csv")
+        if not path:
+            raise ConfigError("data.path: required with data=csv; e.g. data.path=my.csv data.target=price")
         if not os.path.isfile(path):
             raise ConfigError(f"data.path={path!r}: no such file (working directory: {os.getcwd()})")
         target = data.target
         ok = isinstance(target, str) and target or (isinstance(target, ListConfig) and len(target) > 0)
-        _require(bool(ok), "data.target", target, "a column name or a list of column names")
+        if not ok:
+            raise ConfigError("data.target: required with data=csv; a column name or a list of them, "
+                              "e.g. data.target=price or data.target=[price,rent]")
     _validate_custom(data, "data")
 
 
 def _validate_custom(node: DictConfig, group: str) -> None:
+    if "_target_" in node.keys() and OmegaConf.is_missing(node, "_target_"):
+        raise ConfigError(f"{group}._target_: required with {group}=custom; "
+                          f"e.g. {group}._target_=my_package.my_module.{'MyNet' if group == 'model' else 'make_data'}")
     if "_target_" in node:
         target = node._target_
         _require(isinstance(target, str) and "." in target, f"{group}._target_", target,
