@@ -15,17 +15,18 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, conf_dir, schema_keys
+from .config import ConfigError, conf_dir, schema_keys, validate
 
 USAGE_ERROR = 2
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
-    from .api import run  # torch loads here, after the config is known to be good
-    from .display import print_summary
-
     try:
+        validate(cfg)
+        from .api import run  # torch loads here, after the config is known to be good
+        from .display import print_summary
+
         result = run(cfg, out_dir=HydraConfig.get().runtime.output_dir)
     except ConfigError as e:  # raised here, past Hydra's job runner, it would print a second line
         _usage_error(e)

@@ -1,0 +1,45 @@
+"""Shared helpers: compose the real config and shrink it; run `deeprun` as a user does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import deeprun
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEPRUN = Path(sys.executable).with_name("deeprun")  # the console script of this environment
+TINY = ["epochs=3", "depth=2", "width=8", "log.progress=false"]
+
+
+def tiny(*overrides: str):
+    """The real config with small settings; later overrides win. The default data set shrinks to 64 rows."""
+    other_data = any(o.startswith("data=") for o in overrides)
+    return deeprun.compose([*TINY, *([] if other_data else ["data.n=64"]), *overrides])
+
+
+@pytest.fixture
+def compose_tiny():
+    return tiny
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`deeprun ARGS` in `cwd`, as a user's shell runs it."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([str(DEEPRUN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """cli(*args) runs deeprun in a fresh directory (tmp_path); records land under tmp_path/outputs."""
+    return lambda *args, **kw: run_cli(*args, cwd=tmp_path, **kw)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run directories (those holding a summary.json) under root, oldest first."""
+    return sorted((p.parent for p in Path(root).rglob("summary.json")), key=lambda p: p.stat().st_mtime)
