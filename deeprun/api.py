@@ -66,14 +66,14 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         status, error = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
-        summary = {**row, "status": status, "diverged_epoch": history.diverged_epoch,
-                   **metrics_row(cfg, history.metric, history.epochs, history.layers),
-                   "seconds": time.perf_counter() - start, "error": error}
         epochs = pd.DataFrame(history.epochs, columns=epoch_columns(history.metric or "val_metric"))
         layers = pd.DataFrame(history.layers, columns=layer_columns())
+        summary = {**row, "status": status, "diverged_epoch": history.diverged_epoch,
+                   **metrics_row(cfg, history.metric, epochs, layers),
+                   "seconds": time.perf_counter() - start, "error": error}
         if out is not None:
-            write_table(out / EPOCHS, history.epochs, list(epochs.columns))
-            write_table(out / LAYERS, history.layers, list(layers.columns))
+            write_table(out / EPOCHS, epochs)
+            write_table(out / LAYERS, layers)
             write_summary(out, summary)  # last: a summary with a final status means the rest is there
     return Result(summary, epochs, layers, model, out)
 

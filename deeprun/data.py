@@ -52,21 +52,6 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def r2(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Coefficient of determination, averaged over output columns (sklearn's default)."""
-    ss_res = (y - pred).pow(2).sum(0)
-    ss_tot = (y - y.mean(0)).pow(2).sum(0)
-    return (1 - ss_res / ss_tot).mean()
-
-
-def accuracy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    labels = (pred > 0).to(y.dtype) if pred.shape[-1] == 1 and y.dim() == 2 else pred.argmax(-1)
-    return (labels == y).float().mean()
-
-
-METRICS = {"regression": r2, "binary": accuracy, "multiclass": accuracy}
-
-
 # --- synthetic sets --------------------------------------------------------------
 
 def regression(cfg: DictConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

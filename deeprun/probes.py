@@ -50,15 +50,17 @@ class Probes:
                 self.act_keep.append(k)
                 act_layer.append(layer)
                 self.act_kinds.append(_kind(module))
+        self.act_layer = act_layer
         device = self.weights[0].device if self.weights else probe_x.device
-        self.act_layer = torch.tensor(act_layer, dtype=torch.long, device=device)
-        self.is_dead = torch.tensor([k == "dead" for k in self.act_kinds], device=device)
-        self.is_tanh = torch.tensor([k == "tanh" for k in self.act_kinds], device=device)
-        self.is_sigmoid = torch.tensor([k == "sigmoid" for k in self.act_kinds], device=device)
         self.nan = torch.tensor(math.nan, device=device)
         self._zero = torch.zeros((), device=device)
         self._captured: list[torch.Tensor] = []
-        self.grad_sum: torch.Tensor | None = None
+        self._plans: dict[tuple, list[tuple]] = {}
+        self._shapes: tuple = ()
+        # A flat nn.Sequential (deeprun's MLP) is walked by hand in forward(): no hooks to add and remove
+        all_acts = [m for m in model.modules() if isinstance(m, ACTIVATION_MODULES)]
+        self._flat = isinstance(model, nn.Sequential) and sum(isinstance(c, ACTIVATION_MODULES) for c in model) == len(all_acts)
+        self.grad_sum: list[torch.Tensor] | None = None  # per layer, summed over the epoch's steps
         self.steps = 0
         self.before: list[torch.Tensor] = []
 
@@ -94,27 +96,20 @@ class Probes:
 
     # --- gradients and weights -------------------------------------------------
 
-    @torch.no_grad()
     def start_epoch(self) -> None:
         self.grad_sum, self.steps = None, 0
-        self.before = torch._foreach_mul(self.weights, 1.0)  # a copy, in one kernel launch
+        with torch.no_grad():
+            self.before = torch._foreach_mul(self.weights, 1.0)  # a copy, in one kernel launch
 
-    @torch.no_grad()
     def after_backward(self) -> None:
         grads = [w.grad if w.grad is not None else self._zero for w in self.weights]
-        norms = torch.stack(torch._foreach_norm(grads))
-        self.grad_sum = norms if self.grad_sum is None else self.grad_sum + norms
+        with torch.no_grad():
+            norms = torch._foreach_norm(grads)
+            if self.grad_sum is None:
+                self.grad_sum = list(norms)
+            else:
+                torch._foreach_add_(self.grad_sum, norms)
         self.steps += 1
-
-    @torch.no_grad()
-    def end_epoch(self, updated: bool = True) -> torch.Tensor:
-        """(n_layers, 3): grad_norm, weight_norm, update_ratio (NaN when nothing was updated)."""
-        n = len(self.weights)
-        grad = self.grad_sum / self.steps if self.steps else torch.full((n,), math.nan, device=self.nan.device)
-        diff = torch._foreach_sub(self.weights, self.before)
-        norms = torch.stack(torch._foreach_norm([*diff, *self.before, *self.weights])).view(3, n)
-        ratio = norms[0] / norms[1] if updated else torch.full_like(norms[0], math.nan)
-        return torch.stack([grad, norms[2], ratio], dim=1)
 
     # --- activations -------------------------------------------------------------
 
@@ -130,28 +125,82 @@ class Probes:
             for h in handles:
                 h.remove()
 
-    @torch.no_grad()
-    def act_stats(self) -> torch.Tensor:
-        """(n_layers, 4): act_mean, act_std, dead_frac, saturated_frac of the captured forward."""
-        out = torch.full((len(self.weights), 4), math.nan, device=self.nan.device)
-        outs = [self._captured[k] for k in self.act_keep if k < len(self._captured)]
-        if not outs or len(outs) != len(self.act_keep):
-            return out
-        groups: dict[tuple, list[int]] = {}
-        for i, a in enumerate(outs):  # stack same-shaped outputs: a few kernels for all layers
-            groups.setdefault(tuple(a.shape), []).append(i)
-        for shape, idx in groups.items():
-            s = torch.stack([outs[i] for i in idx]).flatten(3) if len(shape) > 2 else torch.stack([outs[i] for i in idx])[..., None]
-            # s: (G, N, C, spatial); a unit is a feature or a channel map
-            std, mean = torch.std_mean(s, dim=(1, 2, 3))
-            dead = 1 - (s > 0).any(3).any(1).float().mean(1)
-            sel = torch.tensor(idx, device=s.device)
-            kinds = {self.act_kinds[i] for i in idx}
-            sat = self.nan.expand(len(idx))
-            if "tanh" in kinds:
-                sat = torch.where(self.is_tanh[sel], (s.abs() > 0.99).float().mean((1, 2, 3)), sat)
-            if "sigmoid" in kinds:
-                sat = torch.where(self.is_sigmoid[sel], ((s < 0.01) | (s > 0.99)).float().mean((1, 2, 3)), sat)
-            dead = torch.where(self.is_dead[sel], dead, self.nan)
-            out[self.act_layer[sel]] = torch.stack([mean, std, dead, sat], dim=1)
-        return out
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """model(x), capturing the activation outputs for the epoch's statistics."""
+        if not self._flat:
+            with self.capture():
+                return self.model(x)
+        self._captured = captured = []
+        for module in self.model:
+            x = module(x)
+            if isinstance(module, ACTIVATION_MODULES):
+                captured.append(x)
+        return x
+
+    def _plan(self, shapes: tuple) -> list[tuple[list[int], bool, bool]]:
+        """Group same-shaped outputs, so that all layers take a few kernels: (act indices, any tanh, any sigmoid)."""
+        if shapes not in self._plans:
+            groups: dict[tuple, list[int]] = {}
+            for i, shape in enumerate(shapes):
+                groups.setdefault(shape, []).append(i)
+            self._plans[shapes] = [(idx, any(self.act_kinds[i] == "tanh" for i in idx),
+                                    any(self.act_kinds[i] == "sigmoid" for i in idx)) for idx in groups.values()]
+        return self._plans[shapes]
+
+    # --- one read per logged epoch -------------------------------------------------
+
+    def collect(self) -> torch.Tensor:
+        """Every raw number of the epoch in one 1-d device tensor; `finish` turns it into rows.
+
+        Layout: grad norm sums (L), ||W_after - W_before|| (L), ||W_before|| (L), ||W_after|| (L),
+        then per group of stacked activations: std, mean, never-positive unit counts and,
+        where the group has tanh or sigmoid layers, tail counts.
+        """
+        with torch.no_grad():
+            grads = self.grad_sum if self.grad_sum is not None else [self.nan] * len(self.weights)
+            diff = torch._foreach_sub(self.weights, self.before)
+            parts = [torch.stack([*grads, *torch._foreach_norm([*diff, *self.before, *self.weights])])]
+            self._shapes = tuple(a.shape for a in self._kept())
+            for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
+                s = torch.stack([self._captured[self.act_keep[i]] for i in idx])
+                s = s.flatten(3) if s.dim() > 3 else s[..., None]  # (G, N, C, spatial): a unit is a feature or a channel map
+                parts += [*torch.std_mean(s, dim=(1, 2, 3)), (s.amax(dim=(1, 3)) <= 0).sum(1)]
+                if tanh:
+                    parts.append((s.abs() > 0.99).sum((1, 2, 3)))
+                if sigmoid:
+                    parts.append(((s < 0.01) | (s > 0.99)).sum((1, 2, 3)))
+            return torch.cat([p.float() for p in parts])
+
+    def finish(self, raw: list[float], updated: bool = True) -> list[list[float]]:
+        """Host side of `collect`: one row of LAYER_COLUMNS per layer."""
+        n, nan = len(self.weights), math.nan
+        steps = self.steps or 1
+        rows = [[raw[i] / steps, raw[3 * n + i], raw[n + i] / raw[2 * n + i] if updated and raw[2 * n + i] else nan,
+                 nan, nan, nan, nan] for i in range(n)]
+        k = 4 * n
+        for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
+            g = len(idx)
+            std, mean, dead = raw[k:k + g], raw[k + g:k + 2 * g], raw[k + 2 * g:k + 3 * g]
+            k += 3 * g
+            tails = {}
+            for kind, present in (("tanh", tanh), ("sigmoid", sigmoid)):
+                if present:
+                    tails[kind], k = raw[k:k + g], k + g
+            for j, a in enumerate(idx):
+                shape, kind = self._shapes[a], self.act_kinds[a]
+                units, pairs = shape[1], math.prod(shape)
+                row = rows[self.act_layer[a]]
+                row[3:5] = mean[j], std[j]
+                row[5] = dead[j] / units if kind == "dead" else nan
+                row[6] = tails[kind][j] / pairs if kind in tails else nan
+        return rows
+
+    def read(self, updated: bool = True) -> list[dict]:
+        """The epoch's layer statistics as dicts (one host sync); for tests and notebooks."""
+        return [{"layer": i, "name": name, **dict(zip(LAYER_COLUMNS, row))}
+                for i, (name, row) in enumerate(zip(self.names, self.finish(self.collect().tolist(), updated)))]
+
+    def _kept(self) -> list[torch.Tensor]:
+        if len(self._captured) < len(self.act_keep):
+            return []
+        return [self._captured[k] for k in self.act_keep]

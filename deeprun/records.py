@@ -47,8 +47,7 @@ def write_summary(out_dir: Path, summary: dict) -> None:
     write_atomic(Path(out_dir) / SUMMARY, lambda f: json.dump(clean, f, indent=1))
 
 
-def write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
-    frame = pd.DataFrame(rows, columns=columns)
+def write_table(path: Path, frame: pd.DataFrame) -> None:
     write_atomic(path, lambda f: frame.to_csv(f, index=False))
 
 
@@ -77,38 +76,34 @@ def config_row(cfg: DictConfig, init: str, device: str) -> dict:
     return row
 
 
-def metrics_row(cfg: DictConfig, metric: str | None, epochs: list[dict], layers: list[dict]) -> dict:
+def metrics_row(cfg: DictConfig, metric: str | None, epochs: pd.DataFrame, layers: pd.DataFrame) -> dict:
     """The outcome half of a results row, from the epoch and layer records."""
     nan = math.nan
-    trained = [r for r in epochs if r["epoch"] >= 1]
-    last = trained[-1] if trained else {}
-    by_epoch = {r["epoch"]: r for r in epochs}
+    trained = epochs[epochs.epoch >= 1]
+    last = trained.iloc[-1] if len(trained) else pd.Series(dtype=float)
     row = {
-        "final_train_loss": last.get("train_loss", nan),
-        "final_val_loss": last.get("val_loss", nan),
-        "best_val_loss": min((r["val_loss"] for r in trained if math.isfinite(r["val_loss"])), default=nan),
+        "final_train_loss": float(last.get("train_loss", nan)),
+        "final_val_loss": float(last.get("val_loss", nan)),
+        "best_val_loss": float(trained.val_loss.min()) if len(trained) else nan,
     }
     if metric:
-        row[metric] = last.get(metric, nan)
+        row[metric] = float(last.get(metric, nan))
+    by_epoch = epochs.set_index("epoch").train_loss
     for e in cfg.log.loss_at:
         if e <= cfg.epochs:
-            row[f"loss@{e}"] = by_epoch.get(e, {}).get("train_loss", nan)
-    final = [r for r in layers if r["epoch"] == layers[-1]["epoch"]] if layers else []
-    first = final[0]["grad_norm"] if final else nan
-    last_hidden = final[max(len(final) - 2, 0)]["grad_norm"] if final else nan  # the layer before the head
+            row[f"loss@{e}"] = float(by_epoch.get(e, nan))
+    final = layers[layers.epoch == layers.epoch.iloc[-1]] if len(layers) else layers
+    grads = final.grad_norm.tolist()
+    first = grads[0] if grads else nan
+    last_hidden = grads[max(len(grads) - 2, 0)] if grads else nan  # the layer before the output head
     row.update(
         grad_norm_first=first,
         grad_norm_last=last_hidden,
         grad_ratio=first / last_hidden if last_hidden else nan,
-        dead_frac_max=_nanmax(r["dead_frac"] for r in final),
-        saturated_frac_max=_nanmax(r["saturated_frac"] for r in final),
+        dead_frac_max=float(final.dead_frac.max()) if len(final) else nan,
+        saturated_frac_max=float(final.saturated_frac.max()) if len(final) else nan,
     )
     return row
-
-
-def _nanmax(values) -> float:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    return max(finite) if finite else math.nan
 
 
 def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:

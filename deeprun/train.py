@@ -1,13 +1,15 @@
 """The training loop: forward, loss, backward, probes, clip, step. No I/O inside the step.
 
 Per-epoch numbers stay on the device until a logged epoch (every `log.every`
-epochs, the last one, and epoch 0 = the model at initialisation); then one host
-sync reads them all, checks for divergence, and hands rows to the records.
+epochs, the last one, and epoch 0); then one host sync reads them all, checks
+for divergence, and hands rows to the records.
+
+Epoch 0 is the model at initialisation: the gradient and loss of the first
+training batch (the whole training set when full batch), taken without a step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,8 +20,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .config import ConfigError, lookup
-from .data import LOSSES, METRICS, Data
-from .probes import LAYER_COLUMNS, Probes
+from .data import LOSSES, Data
+from .probes import Probes
 
 OPTIMIZERS = {
     "sgd": lambda p, lr, c: torch.optim.SGD(p, lr=lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay),
@@ -54,7 +56,7 @@ class History:
     metric: str
     layer_names: list[str]
     epochs: list[dict] = field(default_factory=list)  # rows of epochs.csv
-    layers: list[dict] = field(default_factory=list)  # rows of layers.csv
+    layers: list[tuple] = field(default_factory=list)  # rows of layers.csv (tuples: thousands of them)
     diverged_epoch: Optional[int] = None
 
 
@@ -70,25 +72,50 @@ def batches(n: int, batch_size: Optional[int], gen: Optional[torch.Generator], d
     return [order[s:e] for s, e in zip(starts, starts[1:] + [n])]
 
 
-def evaluate(model: nn.Module, data: Data, probes: Optional[Probes]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(val_loss, val_metric) as device scalars; NaN without a validation set. With `probes`,
-    the activations of the first chunk are captured for act_stats."""
-    x, y = data.x_val, data.y_val
-    if len(x) == 0:
-        if probes is not None:  # no validation set: probe the activations on the training set
-            with torch.no_grad(), probes.capture():
-                model.eval()
-                model(data.x_train[:EVAL_CHUNK])
-        nan = torch.tensor(math.nan, device=data.x_train.device)
-        return nan, nan
+class Validation:
+    """Validation loss and metric. The device computes a few raw numbers per epoch; the host
+    finishes them when it syncs (R^2 from per-column squared errors costs no extra kernels)."""
+
+    def __init__(self, data: Data):
+        self.data = data
+        self.regression = data.task == "regression"
+        self.size = 0 if len(data.x_val) == 0 else data.n_out if self.regression else 2
+        if self.regression and self.size:  # per-column variance of the targets: R^2's denominator
+            self.var = data.y_val.var(0, unbiased=False).tolist()
+
+    def raw(self, pred: torch.Tensor) -> torch.Tensor:
+        """(size,) device tensor: per-column MSE (regression), or [loss, accuracy]."""
+        y = self.data.y_val
+        if self.regression:
+            return (pred - y).square_().mean(0)
+        loss = LOSSES[self.data.task](pred, y)
+        labels = (pred > 0).to(y.dtype) if self.data.task == "binary" else pred.argmax(-1)
+        return torch.stack([loss, (labels == y).float().mean()])
+
+    def finish(self, values: list[float]) -> tuple[float, float]:
+        """(val_loss, val_metric) from raw(); NaN without a validation set."""
+        if not self.size:
+            return math.nan, math.nan
+        if not self.regression:
+            return values[0], values[1]
+        r2 = 1 - sum(e / v if v > 0 else math.nan for e, v in zip(values, self.var)) / len(values)
+        return sum(values) / len(values), r2
+
+
+def evaluate(model: nn.Module, data: Data, validation: Validation, probes: Optional[Probes]) -> torch.Tensor:
+    """validation.raw() of the model on the validation set; with `probes`, the activations of
+    the first chunk (the training set's, without a validation set) are captured for act_stats."""
     model.eval()
     with torch.no_grad():
+        if not validation.size:
+            if probes is not None:
+                probes.forward(data.x_train[:EVAL_CHUNK])
+            return data.x_train.new_empty(0)
+        x = data.x_val
         preds = []
-        for i, xb in enumerate(x.split(EVAL_CHUNK)):
-            with probes.capture() if probes is not None and i == 0 else contextlib.nullcontext():
-                preds.append(model(xb))
-        pred = torch.cat(preds)
-        return LOSSES[data.task](pred, y), METRICS[data.task](pred, y)
+        for i, xb in enumerate(x.split(EVAL_CHUNK) if len(x) > EVAL_CHUNK else [x]):
+            preds.append(probes.forward(xb) if probes is not None and i == 0 else model(xb))
+        return validation.raw(torch.cat(preds) if len(preds) > 1 else preds[0])
 
 
 def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
@@ -97,18 +124,23 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
     loss_fn = LOSSES[data.task]
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     probes = Probes(model, data.x_val if len(data.x_val) else data.x_train)
     history.layer_names = probes.names
+    # plain Python numbers: a config lookup costs more than a small kernel launch
+    epochs, every, batch_size, grad_clip = cfg.epochs, cfg.log.every, cfg.batch_size, cfg.grad_clip
+    validation = Validation(data)
     gen = torch.Generator().manual_seed(cfg.seed)
     x, y, n = data.x_train, data.y_train, len(data.x_train)
-    device = x.device
-    pending: list[tuple[int, torch.Tensor, float, float]] = []  # (epoch, device scalars, lr, seconds) awaiting a sync
+    pending: list[tuple] = []  # (epoch, train loss, validation.raw(), lr, seconds) awaiting a sync
 
     def step_epoch(step: bool, probe: bool) -> torch.Tensor:
-        """One pass over the training set; with step=False only gradients (epoch 0)."""
+        """One pass over the training set (mean loss); with step=False only gradients (epoch 0)."""
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        slices = batches(n, cfg.batch_size, gen if step else None, device)
+        slices = batches(n, batch_size, gen if step else None, x.device)
+        if not step and slices is not None:  # epoch 0 probes one batch: a whole extra epoch would cost too much
+            slices = slices[:1]
+        losses = []
         for idx in slices if slices is not None else [None]:
             xb, yb = (x, y) if idx is None else (x[idx], y[idx])  # (B, n_in), (B, n_out)
             optimizer.zero_grad(set_to_none=True)
@@ -117,54 +149,58 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
             if probe:
                 probes.after_backward()
             if step:
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
-            loss_sum += loss.detach() * len(xb)
-        return loss_sum / n
+            losses.append(loss.detach())
+        if len(losses) == 1:
+            return losses[0]
+        sizes = torch.tensor([len(i) for i in slices], device=x.device, dtype=losses[0].dtype)
+        return (torch.stack(losses) * sizes).sum() / sizes.sum()
 
-    for epoch in range(cfg.epochs + 1):
+    for epoch in range(epochs + 1):
         t0 = time.perf_counter()
-        probing = epoch % cfg.log.every == 0 or epoch == cfg.epochs
+        probing = epoch % every == 0 or epoch == epochs
         if probing:
             probes.start_epoch()
-        if epoch == 0:  # the model at initialisation: gradients, no step, BatchNorm statistics kept
+        if epoch == 0:  # the model at initialisation: the first batch's gradient, no step, BatchNorm statistics kept
             buffers = [b.clone() for b in model.buffers()]
             train_loss = step_epoch(step=False, probe=True)
             for b, saved in zip(model.buffers(), buffers):
                 b.copy_(saved)
         else:
             train_loss = step_epoch(step=True, probe=probing)
-        val_loss, val_metric = evaluate(model, data, probes if probing else None)
+        val_raw = evaluate(model, data, validation, probes if probing else None)
         lr = optimizer.param_groups[0]["lr"]
         if epoch > 0 and scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val_loss if len(data.x_val) else train_loss)  # host sync: it compares numbers
+            if plateau:  # host sync: it compares numbers
+                val_loss = validation.finish(val_raw.tolist())[0]
+                scheduler.step(val_loss if validation.size else train_loss.item())
             else:
                 scheduler.step()
-        pending.append((epoch, torch.stack([train_loss, val_loss, val_metric]), lr, time.perf_counter() - t0))
+        pending.append((epoch, train_loss, val_raw, lr, time.perf_counter() - t0))
         if probing:
-            layer_stats = torch.cat([probes.end_epoch(updated=epoch > 0), probes.act_stats()], dim=1)
-            if _sync(history, pending, layer_stats, epoch, len(data.x_val) > 0, on_log):
+            if _sync(history, pending, probes, validation, on_log):
                 return
             pending = []
 
 
-def _sync(history: History, pending: list, layer_stats: torch.Tensor, epoch: int, has_val: bool, on_log) -> bool:
+def _sync(history: History, pending: list, probes: Probes, validation: Validation, on_log) -> bool:
     """Read the pending epochs and the layer stats in one host transfer; True when diverged."""
-    flat = torch.cat([torch.stack([p[1] for p in pending]).flatten(), layer_stats.flatten()]).tolist()  # host sync
-    k = 3 * len(pending)
-    for i, (ep, _, lr, seconds) in enumerate(pending):
-        train_loss, val_loss, metric = flat[3 * i: 3 * i + 3]
-        row = {"epoch": ep, "train_loss": train_loss, "val_loss": val_loss, history.metric: metric,
-               "lr": lr, "seconds": seconds}
-        history.epochs.append(row)
-        if not math.isfinite(train_loss) or (has_val and not math.isfinite(val_loss)):
-            history.diverged_epoch = ep
+    flat = torch.cat([torch.stack([p[1] for p in pending]), *(p[2] for p in pending),
+                      probes.collect()]).tolist()  # host sync
+    k = len(pending)
+    for (epoch, _, _, lr, seconds), train_loss in zip(pending, flat):
+        val_loss, metric = validation.finish(flat[k:k + validation.size])
+        k += validation.size
+        history.epochs.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                               history.metric: metric, "lr": lr, "seconds": seconds})
+        if not math.isfinite(train_loss):  # not val_loss: BatchNorm's fresh running statistics can overflow it early
+            history.diverged_epoch = epoch
             break
-    width = len(LAYER_COLUMNS)
-    for i, name in enumerate(history.layer_names):
-        values = flat[k + width * i: k + width * (i + 1)]
-        history.layers.append({"epoch": epoch, "layer": i, "name": name, **dict(zip(LAYER_COLUMNS, values))})
+    logged = pending[-1][0]
+    k = len(pending) * (1 + validation.size)
+    history.layers += [(logged, i, name, *row) for i, (name, row) in
+                       enumerate(zip(history.layer_names, probes.finish(flat[k:], updated=logged > 0)))]
     on_log(history.epochs[-1])
     return history.diverged_epoch is not None
