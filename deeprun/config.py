@@ -253,7 +253,7 @@ def register_configs() -> None:
     cs.store(name="schema", node=Config)
     for group, table in SCHEMAS.items():
         for name, node in table.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+            cs.store(name=f"schema_{group}_{name}", node=node)
 
 
 register_configs()

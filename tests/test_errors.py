@@ -1,12 +1,19 @@
 """A user's mistake ends in one line on stderr, `deeprun: error: ...` naming the key or file, exit status 2.
 
-Each case runs `deeprun` as a subprocess in a fresh directory (with the CSV
-files it needs). The selected cases start together, two at a time (one torch
-thread each), when the first of them runs; each test checks its own case.
+Each case runs in a fresh directory holding the CSV files it needs. Mistakes
+deeprun must catch before torch loads (``early``: Hydra's composition and
+deeprun's own range checks) run one after another in a single Python process
+that calls ``deeprun.cli.main()`` with each case's argv, the function the
+console script calls; that process also reports, per case, whether torch got
+imported. The other cases, and a few early ones as a check on that shortcut,
+run as the `deeprun` console script. The selected cases start together, two
+processes at a time (one torch thread each), when the first of them runs;
+each test checks its own case.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,6 +21,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from hydra.errors import HydraException
@@ -38,50 +46,57 @@ CSV = {
 @dataclass
 class Case:
     args: list[str]
-    says: list[str]  # each must appear in the error line (case-insensitive); "re:..." a regular expression
-    files: list[str] = field(default_factory=list)  # from CSV, written into the case's directory
-    skip: str | None = None
+    says: list[str]  # each must appear in the error line (case-insensitive); "re:..." is a regular expression
+    files: list[str] = field(default_factory=list)  # names in CSV, written into the case's directory
+    early: bool = False  # must be caught before torch loads; run in-process by the batch driver
+    script: bool = False  # early, but run through the console script all the same
+    skip: Optional[str] = None
+
+
+def early(args: list[str], says: list[str], files: list[str] | None = None, script: bool = False) -> Case:
+    return Case(args, says, files or [], early=True, script=script)
 
 
 CASES: dict[str, Case] = {
-    # types and keys, caught when Hydra composes the config
-    "depth-not-int": Case(["depth=four"], ["depth", "four"]),
-    "unknown-key": Case(["deprh=3"], ["unknown key", "deprh", "depth"]),  # lists the keys there are
+    # types, keys and options: Hydra's composition against the schema
+    "depth-not-int": early(["depth=four"], ["depth", "four"], script=True),
+    "unknown-key": early(["deprh=3"], ["unknown key", "deprh", "depth"]),  # and the keys there are
+    "unknown-act": early(["act=foo"], ["act", "foo", "leaky_relu", "tanh"], script=True),
+    "unknown-norm": early(["norm=group"], ["norm", "group", "batch", "layer"]),
+    "adam-momentum": early(["optimizer=adam", "optimizer.momentum=0.9"], ["unknown key", "optimizer.momentum"]),
+    "unknown-key-lists-option-keys": early(["optimizer=sgd", "optimizer.betas=[0.9,0.99]"],
+                                           ["unknown key", "optimizer.betas", "momentum", "nesterov"]),
+    "step-size-not-int": early(["scheduler=step", "scheduler.step_size=abc"], ["scheduler.step_size", "abc"]),
+    "parse-error": early(["depth=[1"], ["depth=[1", "parse"], script=True),
+    # ranges and rules: deeprun's validate()
+    "depth-0": early(["depth=0"], ["depth", ">= 1"], script=True),
+    "width-0": early(["width=0"], ["width", ">= 1"]),
+    "lr-0": early(["lr=0"], ["lr", "> 0"]),
+    "lr-negative": early(["lr=-1"], ["lr", "> 0"]),
+    "dropout-1": early(["dropout=1.0"], ["dropout", "[0, 1)"]),
+    "dropout-negative": early(["dropout=-0.1"], ["dropout", "[0, 1)"]),
+    "epochs-0": early(["epochs=0"], ["epochs", ">= 1"]),
+    "batch-size-0": early(["batch_size=0"], ["batch_size", ">= 1"]),
+    "grad-clip-0": early(["grad_clip=0"], ["grad_clip", "> 0"]),
+    "log-every-0": early(["log.every=0"], ["log.every", ">= 1"]),
+    "loss-at-0": early(["log.loss_at=[0]"], ["log.loss_at", ">= 1"]),
+    "checkpoint-best": early(["save.checkpoints=[best]"], ["save.checkpoints", "best", "init", "final"]),
+    "uniform-a-negative": early(["init=uniform", "init.a=-1"], ["init.a", "> 0"]),
+    "widths-0": early(["model.widths=[0]"], ["model.widths"]),
+    "norm-position": early(["norm.position=middle"], ["norm.position", "middle", "pre", "post"]),
+    "custom-model-no-target": early(["model=custom"], ["model._target_"]),
+    "csv-no-path": early(["data=csv"], ["data.path"]),
+    "csv-missing-file": early(["data=csv", "data.path=missing.csv", "data.target=price"], ["data.path", "missing.csv"]),
+    "csv-no-target": early(["data=csv", "data.path=ok.csv"], ["data.target"], ["ok.csv"]),
+    # a key added with + that no schema has: an unknown key all the same, not silently ignored
     "unknown-key-added": Case(["+deprh=3", "data.n=16"], ["unknown key", "deprh"]),
-    "unknown-act": Case(["act=foo"], ["act", "foo", "leaky_relu", "tanh"]),
-    "unknown-norm": Case(["norm=group"], ["norm", "group", "batch", "layer"]),
-    "adam-momentum": Case(["optimizer=adam", "optimizer.momentum=0.9"], ["unknown key", "optimizer.momentum"]),
-    "unknown-key-lists-option-keys": Case(["optimizer=sgd", "optimizer.betas=[0.9,0.99]"],
-                                          ["unknown key", "optimizer.betas", "momentum", "nesterov"]),
-    "step-size-not-int": Case(["scheduler=step", "scheduler.step_size=abc"], ["scheduler.step_size", "abc"]),
-    "parse-error": Case(["depth=[1"], ["depth=[1", "parse"]),
-    # ranges and rules, checked by deeprun before torch loads
-    "depth-0": Case(["depth=0"], ["depth", ">= 1"]),
-    "width-0": Case(["width=0"], ["width", ">= 1"]),
-    "lr-0": Case(["lr=0"], ["lr", "> 0"]),
-    "lr-negative": Case(["lr=-1"], ["lr", "> 0"]),
-    "dropout-1": Case(["dropout=1.0"], ["dropout", "[0, 1)"]),
-    "dropout-negative": Case(["dropout=-0.1"], ["dropout", "[0, 1)"]),
-    "epochs-0": Case(["epochs=0"], ["epochs", ">= 1"]),
-    "batch-size-0": Case(["batch_size=0"], ["batch_size", ">= 1"]),
-    "grad-clip-0": Case(["grad_clip=0"], ["grad_clip", "> 0"]),
-    "log-every-0": Case(["log.every=0"], ["log.every", ">= 1"]),
-    "loss-at-0": Case(["log.loss_at=[0]"], ["log.loss_at", ">= 1"]),
-    "checkpoint-best": Case(["save.checkpoints=[best]"], ["save.checkpoints", "best", "init", "final"]),
-    "uniform-a-negative": Case(["init=uniform", "init.a=-1"], ["init.a", "> 0"]),
-    "widths-0": Case(["model.widths=[0]"], ["model.widths"]),
-    "norm-position": Case(["norm.position=middle"], ["norm.position", "middle", "pre", "post"]),
-    "custom-model-no-target": Case(["model=custom"], ["model._target_"]),
-    # the CSV file
-    "csv-no-path": Case(["data=csv"], ["data.path"]),
-    "csv-missing-file": Case(["data=csv", "data.path=missing.csv", "data.target=price"], ["data.path", "missing.csv"]),
-    "csv-no-target": Case(["data=csv", "data.path=ok.csv"], ["data.target"], ["ok.csv"]),
+    # the CSV file's contents
     "csv-wrong-target": Case(["data=csv", "data.path=ok.csv", "data.target=nope"],
                              ["data.target", "nope", "area, rooms, price"], ["ok.csv"]),
     "csv-empty-file": Case(["data=csv", "data.path=blank.csv", "data.target=price"],
                            ["data.path", "blank.csv", "empty"], ["blank.csv"]),
     "csv-text-feature": Case(["data=csv", "data.path=cities.csv", "data.target=price"],
-                             ["city", "not numeric", "data.features"], ["cities.csv"]),
+                             ["data.features", "city", "not numeric"], ["cities.csv"]),
     "csv-empty-cell": Case(["data=csv", "data.path=holes.csv", "data.target=price"],
                            ["holes.csv", r"re:\brows?\b.*\b3\b"], ["holes.csv"]),  # the 3rd data row
     "csv-one-class": Case(["data=csv", "data.path=cheap.csv", "data.target=label", "data.task=classification"],
@@ -97,23 +112,76 @@ CASES: dict[str, Case] = {
                        skip="this machine may have MPS" if sys.platform == "darwin" else None),
 }
 
+DRIVER = r"""
+import contextlib, io, json, os, sys, traceback
+from hydra.core.global_hydra import GlobalHydra
+import deeprun.cli as cli
+
+results = {}
+for case in json.load(sys.stdin):
+    os.chdir(case["cwd"])
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    had_torch = "torch" in sys.modules
+    GlobalHydra.instance().clear()
+    sys.argv = ["deeprun", *case["args"]]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main()
+        except SystemExit as e:
+            if isinstance(e.code, int) or e.code is None:
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results[case["id"]] = {"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                           "imported_torch": None if had_torch else "torch" in sys.modules}
+print(json.dumps(results))
+"""
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+    imported_torch: Optional[bool] = None  # in-process cases: did this case load torch (None: loaded before it)
+
 
 @pytest.fixture(scope="module")
-def results(request, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
-    """Run every selected case, two at a time; {case id: CompletedProcess}."""
+def results(request, tmp_path_factory) -> dict[str, Outcome]:
+    """Run every selected case; {case id: Outcome}."""
     wanted = [item.callspec.params["case"] for item in request.session.items
               if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
-
-    def run(case_id: str) -> subprocess.CompletedProcess:
-        case = CASES[case_id]
-        d = tmp_path_factory.mktemp(case_id)
-        for name in case.files:
-            (d / name).write_text(CSV[name])
-        return run_cli(*BASE, *case.args, cwd=d, env={"OMP_NUM_THREADS": "1"})
-
     todo = [c for c in dict.fromkeys(wanted) if not CASES[c].skip]
+
+    def workdir(case_id: str) -> Path:
+        d = tmp_path_factory.mktemp(case_id)
+        for name in CASES[case_id].files:
+            (d / name).write_text(CSV[name])
+        return d
+
+    def script(case_id: str) -> dict[str, Outcome]:
+        p = run_cli(*BASE, *CASES[case_id].args, cwd=workdir(case_id), env={"OMP_NUM_THREADS": "1"})
+        return {case_id: Outcome(p.returncode, p.stdout, p.stderr)}
+
+    def batch(case_ids: list[str]) -> dict[str, Outcome]:
+        cases = [{"id": c, "args": [*BASE, *CASES[c].args], "cwd": str(workdir(c))} for c in case_ids]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop("HYDRA_FULL_ERROR", None)
+        p = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(cases), capture_output=True, text=True,
+                           timeout=300, env=env, cwd=tmp_path_factory.mktemp("driver"))
+        assert p.returncode == 0 and p.stdout.strip(), f"the batch driver failed\n{p.stdout}\n{p.stderr}"
+        return {c: Outcome(**o) for c, o in json.loads(p.stdout.strip().splitlines()[-1]).items()}
+
+    in_process = [c for c in todo if CASES[c].early and not CASES[c].script]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(todo, pool.map(run, todo)))
+        futures = [pool.submit(script, c) for c in todo if c not in in_process]
+        if in_process:
+            futures.insert(1, pool.submit(batch, in_process))
+        return {k: v for f in futures for k, v in f.result().items()}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -131,19 +199,8 @@ def test_one_line_error(case, results):
                if not (re.search(s[3:], line) if s.startswith("re:") else s.lower() in line)]
     assert not missing, f"the error does not say {missing}\n{shown}"
     assert p.stdout.strip() == "", f"more printed than the one error line\n{shown}"
-
-
-def test_config_errors_do_not_import_torch(tmp_path):
-    """A range error is reported by the CLI before torch loads."""
-    code = ("import sys\n"
-            "sys.argv = ['deeprun', 'depth=0']\n"
-            "import deeprun.cli as c\n"
-            "try:\n    c.main()\n    code = 0\n"
-            "except SystemExit as e:\n    code = e.code\n"
-            "print('EXIT', code, 'TORCH', 'torch' in sys.modules)\n")
-    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert p.stdout.strip().splitlines()[-1] == "EXIT 2 TORCH False", p.stdout + p.stderr
-    assert p.stderr.startswith("deeprun: error: depth=0")
+    if CASES[case].early:  # "--help and config errors stay fast": torch is not loaded to report them
+        assert p.imported_torch in (False, None), f"torch was imported before the error\n{shown}"
 
 
 # --- one_line on the exceptions composing raises (in-process, no torch) ----------------------
