@@ -42,6 +42,9 @@ def main() -> None:
         _app()
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         _usage_error(e)
+    except BrokenPipeError:  # `deeprun --help | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except KeyboardInterrupt:
         print("deeprun: interrupted; records marked 'interrupted'", file=sys.stderr)
         sys.exit(130)
