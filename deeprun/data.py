@@ -135,7 +135,7 @@ def detect_task(y: pd.DataFrame, task: str, max_classes: int) -> str:
 
 def encode_target(y: pd.DataFrame, task: str) -> tuple[torch.Tensor, list | None]:
     if task == "regression":
-        return torch.as_tensor(y.to_numpy(dtype=np.float32)), None
+        return torch.from_numpy(y.to_numpy(dtype=np.float32, copy=True)), None
     codes, classes = pd.factorize(y.iloc[:, 0], sort=True)
     codes = torch.as_tensor(codes, dtype=torch.long)
     return (codes.float()[:, None] if task == "binary" else codes), list(classes)
@@ -205,7 +205,7 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
         check_finite(x_df, y_df, f"data.path={node.path!r}" if node.name == "csv" else "data._target_")
         task = detect_task(y_df, node.task, node.max_classes)
         y, classes = encode_target(y_df, task)
-        x = torch.as_tensor(x_df.to_numpy(dtype=np.float32))
+        x = torch.from_numpy(x_df.to_numpy(dtype=np.float32, copy=True))
     else:
         make = lookup(SYNTHETIC, node.name, "data set")
         x, y = make(node, torch.Generator().manual_seed(node.seed))

@@ -199,8 +199,9 @@ def _sync(history: History, pending: list, probes: Probes, validation: Validatio
             history.diverged_epoch = epoch
             break
     logged = pending[-1][0]
-    k = len(pending) * (1 + validation.size)
-    history.layers += [(logged, i, name, *row) for i, (name, row) in
-                       enumerate(zip(history.layer_names, probes.finish(flat[k:], updated=logged > 0)))]
+    if history.diverged_epoch is None or history.diverged_epoch == logged:  # else: stats of a run already lost
+        k = len(pending) * (1 + validation.size)
+        history.layers += [(logged, i, name, *row) for i, (name, row) in
+                           enumerate(zip(history.layer_names, probes.finish(flat[k:], updated=logged > 0)))]
     on_log(history.epochs[-1])
     return history.diverged_epoch is not None

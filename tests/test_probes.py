@@ -26,13 +26,10 @@ GRAD, WEIGHT, RATIO, MEAN, STD, DEAD, SAT = range(7)  # LAYER_COLUMNS order
 
 
 def read(probes: Probes, updated: bool = True) -> torch.Tensor:
-    """(n_layers, 7): the epoch's LAYER_COLUMNS per layer, through whichever read API this deeprun has."""
-    if hasattr(probes, "read"):
-        rows = probes.read(updated)
-        assert [r["name"] for r in rows] == probes.names
-        return torch.tensor([[math.nan if r[c] is None else r[c] for c in LAYER_COLUMNS] for r in rows],
-                            dtype=torch.float64)
-    return torch.cat([probes.end_epoch(updated), probes.act_stats()], dim=1)
+    """(n_layers, 7): the epoch's LAYER_COLUMNS per layer."""
+    rows = probes.read(updated)
+    assert [r["name"] for r in rows] == probes.names
+    return torch.tensor([[r[c] for c in LAYER_COLUMNS] for r in rows], dtype=torch.float64)
 
 
 def batch(n: int = 32, d: int = 3, seed: int = 0) -> torch.Tensor:
@@ -60,9 +57,14 @@ def stats(probes: Probes, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return read(probes, updated=False)
 
 
+def values(v) -> torch.Tensor:
+    if isinstance(v, (list, tuple)):
+        return torch.stack([values(t).reshape(()) for t in v])
+    return torch.as_tensor(v).detach().float()
+
+
 def close(a, b, atol=1e-6) -> bool:
-    return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32),
-                          atol=atol, rtol=1e-5, equal_nan=True)
+    return torch.allclose(values(a), values(b), atol=atol, rtol=1e-5, equal_nan=True)
 
 
 def test_layer_columns():
@@ -338,3 +340,16 @@ def test_probes_leave_the_model_unchanged():
     assert model.training
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert all(not m._forward_hooks for m in model.modules())  # every hook removed
+
+
+def test_flat_sequential_walk_equals_hooks():
+    """probes.forward walks a flat nn.Sequential by hand; it must see what the hooks see."""
+    x = batch()
+    model = mlp(nn.ReLU)
+    by_hooks = stats(Probes(model, x), model, x)
+    probes = Probes(model, x)
+    probes.start_epoch()
+    with torch.no_grad():
+        out = probes.forward(x)
+    assert torch.equal(out, model(x).detach())
+    assert close(read(probes, updated=False), by_hooks)
