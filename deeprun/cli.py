@@ -8,28 +8,41 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import is_dataclass
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, conf_dir, schema_keys, validate
+from .config import ConfigError, conf_dir, field_names, validate
 
 USAGE_ERROR = 2
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        validate(cfg)
-        from .api import run  # torch loads here, after the config is known to be good
+        if not sweep:
+            validate(cfg)  # fail fast, before torch loads; in a sweep the job's record says `failed`
+        from .api import run
         from .display import print_summary
 
-        result = run(cfg, out_dir=HydraConfig.get().runtime.output_dir)
+        result = run(cfg, out_dir=hydra_cfg.runtime.output_dir)
     except ConfigError as e:  # raised here, past Hydra's job runner, it would print a second line
-        _usage_error(e)
+        if not sweep:
+            _usage_error(e)
+        print(f"deeprun: job {hydra_cfg.job.num} failed: {e}", file=sys.stderr)
+        return
+    except Exception as e:  # one failing job must not end a sweep; its record says why
+        if not sweep:
+            raise
+        print(f"deeprun: job {hydra_cfg.job.num} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return
     if cfg.log.progress:
         print_summary(result.summary, result.out_dir)
 
@@ -67,9 +80,8 @@ def one_line(e: BaseException) -> str:
     key = getattr(cause, "full_key", None)
     message = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
     if "not in struct" in message or "not in '" in message:
-        parent, _, name = (key or "").rpartition(".")
-        allowed = schema_keys(parent)
-        hint = f"; keys here: {', '.join(allowed)}" if allowed else ""
+        schema = getattr(cause, "object_type", None)
+        hint = f"; keys here: {', '.join(field_names(schema))}" if is_dataclass(schema) else ""
         return f"unknown key {key!r}{hint}"
     if key and not isinstance(e, ConfigError):
         return f"{key}: {message}"

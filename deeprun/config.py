@@ -8,10 +8,11 @@ No torch import here: ``--help`` and config errors stay fast.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, List, Optional, TypeVar, get_type_hints
+from typing import Any, List, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -290,7 +291,8 @@ def _show(value: Any) -> str:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first key whose value is out of range."""
+    """Raise ConfigError naming the first key that is unknown or whose value is out of range."""
+    _check_keys(cfg, "")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None:
@@ -315,6 +317,31 @@ def validate(cfg: DictConfig) -> None:
             _require(value > 0, key, value, "> 0")
     _validate_data(cfg.data)
     _validate_custom(cfg.model, "model")
+
+
+def _check_keys(node: DictConfig, path: str) -> None:
+    """Keys added with `+key=...` bypass the schema; only a `_target_` node (the user's own) takes new ones."""
+    cls = OmegaConf.get_type(node)
+    if is_dataclass(cls) and "_target_" not in node.keys():
+        extra = [k for k in node.keys() if k not in {f.name for f in fields(cls)}]
+        if extra:
+            raise ConfigError(f"unknown key {path + str(extra[0])!r}; keys here: {', '.join(field_names(cls))}")
+    for key in node.keys():
+        if isinstance(node._get_node(key), DictConfig):
+            _check_keys(node[key], f"{path}{key}.")
+
+
+def field_names(cls: type) -> list[str]:
+    return sorted(f.name for f in fields(cls))
+
+
+def import_object(path: str, key: str) -> Any:
+    """The object at a dotted path (module.attr), or a ConfigError saying why not."""
+    module, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"{key}={path!r}: cannot import it ({type(e).__name__}: {e})") from None
 
 
 def _validate_data(data: DictConfig) -> None:
@@ -346,14 +373,6 @@ def _validate_custom(node: DictConfig, group: str) -> None:
         target = node._target_
         _require(isinstance(target, str) and "." in target, f"{group}._target_", target,
                  "an importable dotted path, e.g. my_package.my_module.MyThing")
-
-
-def schema_keys(path: str) -> list[str]:
-    """Field names of the schema node at `path` (e.g. 'log'), for 'choose from' lists."""
-    node: Any = Config
-    for part in [p for p in path.split(".") if p]:
-        node = get_type_hints(node).get(part) if is_dataclass(node) else None
-    return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
 
 
 def compose(overrides: Optional[list[str]] = None) -> DictConfig:

@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, lookup
+from .config import ConfigError, import_object, lookup
 
 TASKS = ("regression", "binary", "multiclass")
 
@@ -156,10 +155,7 @@ def check_finite(x: pd.DataFrame, y: pd.DataFrame, where: str) -> None:
 
 def user_data(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Call data._target_ with the node's other keys; it returns (x, y) arrays or tensors."""
-    try:
-        fn = get_method(cfg._target_)
-    except Exception as e:
-        raise ConfigError(f"data._target_={cfg._target_!r}: cannot import it ({str(e).splitlines()[0]})") from None
+    fn = import_object(cfg._target_, "data._target_")
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in _DEEPRUN_KEYS}
     if "seed" in inspect.signature(fn).parameters:
         kwargs["seed"] = cfg.seed

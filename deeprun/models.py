@@ -12,11 +12,10 @@ from collections import OrderedDict
 from typing import Callable
 
 import torch
-from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config import ConfigError, lookup
+from .config import ConfigError, import_object, lookup
 
 ActFactory = Callable[[], nn.Module]
 
@@ -180,7 +179,7 @@ def build_model(cfg: DictConfig, data) -> nn.Module:
                   norm=cfg.norm.name, norm_position=cfg.norm.position, dropout=cfg.dropout)
     own = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "_target_")}
     if "_target_" in cfg.model:
-        cls = _import(cfg.model._target_, "model._target_")
+        cls = import_object(cfg.model._target_, "model._target_")
         accepted = inspect.signature(cls).parameters
         takes_all = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
         shared = {k: v for k, v in shared.items() if takes_all or k in accepted}
@@ -192,13 +191,6 @@ def build_model(cfg: DictConfig, data) -> nn.Module:
         raise ConfigError(f"model._target_={cfg.model._target_!r} returned {type(model).__name__}, not a torch.nn.Module")
     init_weights(model, cfg.init, cfg.act)
     return model.to(data.x_train.device)
-
-
-def _import(path: str, key: str):
-    try:
-        return get_method(path)
-    except Exception as e:  # hydra wraps ImportError/AttributeError in its own types
-        raise ConfigError(f"{key}={path!r}: cannot import it ({str(e).splitlines()[0]})") from None
 
 
 def count_params(model: nn.Module) -> int:

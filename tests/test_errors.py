@@ -1,14 +1,16 @@
 """A user's mistake ends in one line on stderr, `deeprun: error: ...` naming the key or file, exit status 2.
 
-Each case runs in a fresh directory holding the CSV files it needs. Mistakes
-deeprun must catch before torch loads (``early``: Hydra's composition and
-deeprun's own range checks) run one after another in a single Python process
-that calls ``deeprun.cli.main()`` with each case's argv, the function the
-console script calls; that process also reports, per case, whether torch got
-imported. The other cases, and a few early ones as a check on that shortcut,
-run as the `deeprun` console script. The selected cases start together, two
-processes at a time (one torch thread each), when the first of them runs;
-each test checks its own case.
+Each case runs in a fresh directory holding the CSV files it needs. A process
+per case would cost a torch import per case, so most cases run one after another
+in a single Python process (the batch driver) that calls ``deeprun.cli.main()``,
+the function the console script calls, with each case's argv, capturing what it
+prints and its exit status. Mistakes deeprun must catch before torch loads
+(``early``: Hydra's composition and deeprun's own checks) run first there, and
+the driver reports whether each of them imported torch. A few cases of each kind
+(``script``) run as the `deeprun` console script as well, in their own process,
+as a check on that shortcut. The selected cases start together, two processes at
+a time (one torch thread each), when the first of them runs; each test checks
+its own case.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class Case:
     args: list[str]
     says: list[str]  # each must appear in the error line (case-insensitive); "re:..." is a regular expression
     files: list[str] = field(default_factory=list)  # names in CSV, written into the case's directory
-    early: bool = False  # must be caught before torch loads; run in-process by the batch driver
-    script: bool = False  # early, but run through the console script all the same
+    early: bool = False  # must be caught before torch loads
+    script: bool = False  # run as the console script in a process of its own, not by the batch driver
     skip: Optional[str] = None
 
 
@@ -98,14 +100,15 @@ CASES: dict[str, Case] = {
     "csv-text-feature": Case(["data=csv", "data.path=cities.csv", "data.target=price"],
                              ["data.features", "city", "not numeric"], ["cities.csv"]),
     "csv-empty-cell": Case(["data=csv", "data.path=holes.csv", "data.target=price"],
-                           ["holes.csv", r"re:\brows?\b.*\b3\b"], ["holes.csv"]),  # the 3rd data row
+                           ["holes.csv", r"re:\brows?\b.*\b3\b"], ["holes.csv"], script=True),  # the 3rd data row
     "csv-one-class": Case(["data=csv", "data.path=cheap.csv", "data.target=label", "data.task=classification"],
                           ["data.target", "label", "one class"], ["cheap.csv"]),
     # found when the run builds its optimiser, model or device
     "nesterov-without-momentum": Case(["optimizer=sgd", "optimizer.nesterov=true"],
                                       ["optimizer.nesterov", "optimizer.momentum"]),
     "custom-model-not-importable": Case(["model=custom", "model._target_=nope.Nope"],
-                                        ["model._target_", "nope.Nope", "cannot import", "no module named 'nope'"]),
+                                        ["model._target_", "nope.Nope", "cannot import", "no module named 'nope'"],
+                                        script=True),
     "device-cuda": Case(["device=cuda"], ["device", "cuda", "not available"],
                         skip="this machine has a GPU" if HAS_GPU else None),
     "device-mps": Case(["device=mps"], ["device", "mps", "not available"],
@@ -176,11 +179,10 @@ def results(request, tmp_path_factory) -> dict[str, Outcome]:
         assert p.returncode == 0 and p.stdout.strip(), f"the batch driver failed\n{p.stdout}\n{p.stderr}"
         return {c: Outcome(**o) for c, o in json.loads(p.stdout.strip().splitlines()[-1]).items()}
 
-    in_process = [c for c in todo if CASES[c].early and not CASES[c].script]
+    in_process = sorted((c for c in todo if not CASES[c].script), key=lambda c: not CASES[c].early)  # early first
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(script, c) for c in todo if c not in in_process]
-        if in_process:
-            futures.insert(1, pool.submit(batch, in_process))
+        futures = [pool.submit(batch, in_process)] if in_process else []
+        futures += [pool.submit(script, c) for c in todo if CASES[c].script]
         return {k: v for f in futures for k, v in f.result().items()}
 
 
