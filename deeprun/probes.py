@@ -149,12 +149,13 @@ class Probes:
 
     # --- one read per logged epoch -------------------------------------------------
 
-    def collect(self) -> torch.Tensor:
-        """Every raw number of the epoch in one 1-d device tensor; `finish` turns it into rows.
+    def collect(self) -> list[torch.Tensor]:
+        """Every raw number of the epoch, as 1-d device tensors to concatenate with the caller's
+        own and read in one sync; `finish` turns them into rows.
 
         Layout: grad norm sums (L), ||W_after - W_before|| (L), ||W_before|| (L), ||W_after|| (L),
-        then per group of stacked activations: std, mean, never-positive unit counts and,
-        where the group has tanh or sigmoid layers, tail counts.
+        then per group of stacked activations: std (G), mean (G), each unit's maximum (G x C)
+        and, where the group has tanh or sigmoid layers, tail counts (G).
         """
         with torch.no_grad():
             grads = self.grad_sum if self.grad_sum is not None else [self.nan] * len(self.weights)
@@ -164,12 +165,12 @@ class Probes:
             for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
                 s = torch.stack([self._captured[self.act_keep[i]] for i in idx])
                 s = s.flatten(3) if s.dim() > 3 else s[..., None]  # (G, N, C, spatial): a unit is a feature or a channel map
-                parts += [*torch.std_mean(s, dim=(1, 2, 3)), (s.amax(dim=(1, 3)) <= 0).sum(1)]
+                parts += [*torch.std_mean(s, dim=(1, 2, 3)), s.amax(dim=(1, 3)).flatten()]  # the host counts units <= 0
                 if tanh:
                     parts.append((s.abs() > 0.99).sum((1, 2, 3)))
                 if sigmoid:
                     parts.append(((s < 0.01) | (s > 0.99)).sum((1, 2, 3)))
-            return torch.cat([p.float() for p in parts])
+            return parts
 
     def finish(self, raw: list[float], updated: bool = True) -> list[list[float]]:
         """Host side of `collect`: one row of LAYER_COLUMNS per layer."""
@@ -179,26 +180,27 @@ class Probes:
                  nan, nan, nan, nan] for i in range(n)]
         k = 4 * n
         for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
-            g = len(idx)
-            std, mean, dead = raw[k:k + g], raw[k + g:k + 2 * g], raw[k + 2 * g:k + 3 * g]
-            k += 3 * g
+            g, units = len(idx), self._shapes[idx[0]][1]
+            std, mean = raw[k:k + g], raw[k + g:k + 2 * g]
+            maxima = raw[k + 2 * g:k + 2 * g + g * units]
+            k += 2 * g + g * units
             tails = {}
             for kind, present in (("tanh", tanh), ("sigmoid", sigmoid)):
                 if present:
                     tails[kind], k = raw[k:k + g], k + g
             for j, a in enumerate(idx):
-                shape, kind = self._shapes[a], self.act_kinds[a]
-                units, pairs = shape[1], math.prod(shape)
+                kind, pairs = self.act_kinds[a], math.prod(self._shapes[a])
                 row = rows[self.act_layer[a]]
                 row[3:5] = mean[j], std[j]
-                row[5] = dead[j] / units if kind == "dead" else nan
+                dead = sum(m <= 0 for m in maxima[j * units:(j + 1) * units])  # never positive on any sample
+                row[5] = dead / units if kind == "dead" else nan
                 row[6] = tails[kind][j] / pairs if kind in tails else nan
         return rows
 
     def read(self, updated: bool = True) -> list[dict]:
         """The epoch's layer statistics as dicts (one host sync); for tests and notebooks."""
         return [{"layer": i, "name": name, **dict(zip(LAYER_COLUMNS, row))}
-                for i, (name, row) in enumerate(zip(self.names, self.finish(self.collect().tolist(), updated)))]
+                for i, (name, row) in enumerate(zip(self.names, self.finish(torch.cat(self.collect()).tolist(), updated)))]
 
     def _kept(self) -> list[torch.Tensor]:
         if len(self._captured) < len(self.act_keep):

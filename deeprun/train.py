@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
@@ -87,7 +88,7 @@ class Validation:
         """(size,) device tensor: per-column MSE (regression), or [loss, accuracy]."""
         y = self.data.y_val
         if self.regression:
-            return (pred - y).square_().mean(0)
+            return F.mse_loss(pred, y, reduction="none").mean(0)
         loss = LOSSES[self.data.task](pred, y)
         labels = (pred > 0).to(y.dtype) if self.data.task == "binary" else pred.argmax(-1)
         return torch.stack([loss, (labels == y).float().mean()])
@@ -188,7 +189,7 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
 def _sync(history: History, pending: list, probes: Probes, validation: Validation, on_log) -> bool:
     """Read the pending epochs and the layer stats in one host transfer; True when diverged."""
     flat = torch.cat([torch.stack([p[1] for p in pending]), *(p[2] for p in pending),
-                      probes.collect()]).tolist()  # host sync
+                      *probes.collect()]).tolist()  # host sync
     k = len(pending)
     for (epoch, _, _, lr, seconds), train_loss in zip(pending, flat):
         val_loss, metric = validation.finish(flat[k:k + validation.size])
