@@ -23,6 +23,17 @@ def tiny(*overrides: str):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny nets: one intra-op thread is faster and immune to a busy machine's oversubscription."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def compose_tiny():
     return tiny
 

@@ -27,6 +27,8 @@ from deeprun.train import build_optimizer
 
 from conftest import ROOT, tiny
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONF = ROOT / "conf"
 NEEDS_EXTRA_KEYS = {"custom", "csv"}  # options that cannot run without keys of the user's
 
@@ -70,15 +72,6 @@ def assert_trained(result, status: str = "completed") -> None:
     assert result.summary["error"] is None
     assert math.isfinite(result.summary["final_train_loss"])
     assert list(result.epochs.epoch) == list(range(result.summary["epochs"] + 1))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets: one intra-op thread is faster and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --- registries agree with conf/ ------------------------------------------------------

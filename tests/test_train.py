@@ -28,6 +28,8 @@ import deeprun
 
 from conftest import tiny
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_r2", "lr", "seconds"]
 LAYER_COLUMNS = ["epoch", "layer", "name", "grad_norm", "weight_norm", "update_ratio", "act_mean", "act_std",
                  "dead_frac", "saturated_frac"]
@@ -41,15 +43,6 @@ def _composed(overrides: tuple[str, ...]):
 def cpu(*overrides: str):
     """tiny(*overrides) on the CPU; each distinct config is composed once."""
     return copy.deepcopy(_composed(overrides))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets: one intra-op thread is faster and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def batches_by_hand(n: int, batch_size, gen: torch.Generator) -> list[torch.Tensor]:
