@@ -48,6 +48,8 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         write_summary(out, {**row, "status": status})
     try:
         device = resolve_device(cfg.device.name)
+        if cfg.device.threads is not None:
+            torch.set_num_threads(cfg.device.threads)
         row["device"] = device.type
         data = build_data(cfg, device)
         history.metric = data.metric

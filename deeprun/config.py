@@ -156,6 +156,7 @@ class PlateauSchedulerConfig(SchedulerConfig):
 @dataclass
 class DeviceConfig:
     name: str = "auto"  # auto: cuda, then mps, then cpu
+    threads: Optional[int] = None  # torch intra-op CPU threads; null: torch's default (one per core)
 
 
 @dataclass
@@ -305,6 +306,7 @@ def validate(cfg: DictConfig) -> None:
     _require(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "in [0, 1)")
     _require(cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", cfg.grad_clip, "> 0 or null (off)")
     _require(cfg.log.every >= 1, "log.every", cfg.log.every, ">= 1")
+    _require(cfg.device.threads is None or cfg.device.threads >= 1, "device.threads", cfg.device.threads, ">= 1 or null")
     _require(all(e >= 1 for e in cfg.log.loss_at), "log.loss_at", cfg.log.loss_at, "epochs >= 1 (the first epoch is 1)")
     _require(all(c in CHECKPOINTS for c in cfg.save.checkpoints), "save.checkpoints", cfg.save.checkpoints,
              "a list of: " + ", ".join(CHECKPOINTS))

@@ -339,3 +339,13 @@ def test_seed_001_deep_relu_trains(model_d):
     outcome = {seed: (model_d[("relu", seed)]["loss@200"], model_d[("relu", seed)]["final_train_loss"]) for seed in SEEDS}
     trained = [seed for seed, (at200, final) in outcome.items() if final < 0.5 * at200]
     assert len(trained) >= 2, outcome
+
+
+def test_device_threads_sets_torch_threads():
+    before = torch.get_num_threads()
+    try:
+        result = deeprun.run(tiny("device.threads=1"))
+        assert torch.get_num_threads() == 1
+        assert result.summary["device.threads"] == 1
+    finally:
+        torch.set_num_threads(before)
