@@ -344,6 +344,7 @@ def test_seed_001_deep_relu_trains(model_d):
 def test_device_threads_sets_torch_threads():
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)  # the autouse fixture already set 1: start elsewhere so the run must change it
         result = deeprun.run(tiny("device.threads=1"))
         assert torch.get_num_threads() == 1
         assert result.summary["device.threads"] == 1
