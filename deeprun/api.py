@@ -36,17 +36,18 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
     A failure or Ctrl-C still leaves complete records (status failed / interrupted)
     before the exception goes on to the caller.
     """
-    validate(cfg)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     history = History(metric="", layer_names=[])
-    row = config_row(cfg, resolve_init(cfg.init, cfg.act), cfg.device.name)
+    row = config_row(cfg, cfg.init.name, cfg.device.name)
     status, error, model, data = "running", None, None, None
     if out is not None:
         write_summary(out, {**row, "status": status})
     try:
+        validate(cfg)  # inside: in a sweep, a bad value is that job's `failed` record
+        row["init"] = resolve_init(cfg.init, cfg.act)
         device = resolve_device(cfg.device.name)
         if cfg.device.threads is not None:
             torch.set_num_threads(cfg.device.threads)

@@ -6,8 +6,11 @@ missing file) ends in one line on stderr and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
+from pathlib import Path
 from dataclasses import is_dataclass
 
 import hydra
@@ -35,6 +38,7 @@ def _app(cfg: DictConfig) -> None:
         result = run(cfg, out_dir=hydra_cfg.runtime.output_dir)
     except ConfigError as e:  # raised here, past Hydra's job runner, it would print a second line
         if not sweep:
+            _discard_unused(Path(hydra_cfg.runtime.output_dir))
             _usage_error(e)
         print(f"deeprun: job {hydra_cfg.job.num} failed: {e}", file=sys.stderr)
         return
@@ -61,6 +65,14 @@ def main() -> None:
     except KeyboardInterrupt:
         print("deeprun: interrupted; records marked 'interrupted'", file=sys.stderr)
         sys.exit(130)
+
+
+def _discard_unused(run_dir: Path) -> None:
+    """Remove what Hydra made for a run that never started (only .hydra/, then the folder if empty)."""
+    if not (run_dir / "summary.json").exists():
+        shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
 
 
 def _usage_error(e: BaseException) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, List, Optional, TypeVar
@@ -339,6 +340,8 @@ def field_names(cls: type) -> list[str]:
 
 def import_object(path: str, key: str) -> Any:
     """The object at a dotted path (module.attr), or a ConfigError saying why not."""
+    if os.getcwd() not in sys.path:  # `model._target_=my_nets.Net` finds ./my_nets.py, as `python -m` would
+        sys.path.append(os.getcwd())
     module, _, attr = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), attr)

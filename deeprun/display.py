@@ -48,7 +48,7 @@ def summary_table(summary: dict, out_dir: Optional[Path]) -> Table:
     for key in SUMMARY_KEYS:
         if key in summary and summary[key] is not None:
             table.add_row(key, fmt(summary[key]))
-    for key in sorted(k for k in summary if k.startswith("loss@")):
+    for key in sorted((k for k in summary if k.startswith("loss@")), key=lambda k: int(k[5:])):
         table.add_row(key, fmt(summary[key]))
     if out_dir is not None:
         table.add_row("records", str(out_dir))

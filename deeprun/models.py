@@ -180,17 +180,30 @@ def build_model(cfg: DictConfig, data) -> nn.Module:
     own = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "_target_")}
     if "_target_" in cfg.model:
         cls = import_object(cfg.model._target_, "model._target_")
-        accepted = inspect.signature(cls).parameters
-        takes_all = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-        shared = {k: v for k, v in shared.items() if takes_all or k in accepted}
+        params = _parameters(cls)
+        if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            shared = {k: v for k, v in shared.items() if k in params}
     else:
         cls = lookup(MODELS, cfg.model.name, "model")
+    try:  # a wrong or missing key is the user's: say which, before the constructor runs
+        if _parameters(cls) is not None:
+            inspect.signature(cls).bind(**shared, **own)
+    except TypeError as e:
+        raise ConfigError(f"model ({cfg.model.get('_target_') or cfg.model.name}): {e}") from None
     torch.manual_seed(cfg.seed)
     model = cls(**shared, **own)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg.model._target_!r} returned {type(model).__name__}, not a torch.nn.Module")
     init_weights(model, cfg.init, cfg.act)
     return model.to(data.x_train.device)
+
+
+def _parameters(cls) -> dict | None:
+    """The constructor's parameters, or None where Python cannot tell (some builtins)."""
+    try:
+        return dict(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return None
 
 
 def count_params(model: nn.Module) -> int:

@@ -42,6 +42,9 @@ CSV = {
     "cities.csv": "area,city,price\n50,Oslo,100\n60,Bergen,130\n70,Oslo,160\n80,Bergen,170\n",
     "holes.csv": "area,rooms,price\n50,1,100\n60,2,130\n70,,160\n80,2,170\n",
     "cheap.csv": "area,rooms,label\n50,1,cheap\n60,2,cheap\n70,3,cheap\n80,2,cheap\n",
+    "my_nets.py": "from torch import nn\n\nclass Funnel(nn.Sequential):\n"
+                  "    def __init__(self, n_in, n_out, hidden=4):\n"
+                  "        super().__init__(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))\n",
 }
 
 
@@ -110,6 +113,8 @@ CASES: dict[str, Case] = {
     "custom-model-not-importable": Case(["model=custom", "model._target_=nope.Nope"],
                                         ["model._target_", "nope.Nope", "cannot import", "no module named 'nope'"],
                                         script=True),
+    "custom-model-wrong-key": Case(["model=custom", "model._target_=my_nets.Funnel", "+model.hiden=16"],
+                                   ["my_nets.Funnel", "unexpected keyword argument 'hiden'"], ["my_nets.py"], script=True),
     "device-cuda": Case(["device=cuda"], ["device", "cuda", "not available"],
                         skip="this machine has a GPU" if HAS_GPU else None),
     "device-mps": Case(["device=mps"], ["device", "mps", "not available"],
