@@ -63,7 +63,7 @@ class Probes:
         self._flat = [(m, isinstance(m, ACTIVATION_MODULES)) for m in model] if flat else None
         self.grad_sum: list[torch.Tensor] | None = None  # per layer, summed over the epoch's steps
         self.steps = 0
-        self.before: list[torch.Tensor] = []
+        self.before: list[torch.Tensor] = []  # the weights at the start of the epoch
 
     @torch.no_grad()
     def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], list[tuple[int, nn.Module]]]:
@@ -100,7 +100,9 @@ class Probes:
     def start_epoch(self) -> None:
         self.grad_sum, self.steps = None, 0
         with torch.no_grad():
-            self.before = torch._foreach_mul(self.weights, 1.0)  # a copy, in one kernel launch
+            if not self.before:
+                self.before = [w.detach().clone() for w in self.weights]
+            torch._foreach_copy_(self.before, self.weights)  # into the same buffers every epoch: no allocation
 
     def after_backward(self) -> None:
         grads = [w.grad if w.grad is not None else self._zero for w in self.weights]
@@ -155,7 +157,7 @@ class Probes:
         own and read in one sync; `finish` turns them into rows.
 
         Layout: grad norm sums (L), ||W_after - W_before|| (L), ||W_before|| (L), ||W_after|| (L),
-        then per group of stacked activations: std (G), mean (G), each unit's maximum (G x C)
+        then per group of stacked activations: sum (G), root of the sum of squares (G), each unit's maximum (G x C)
         and, where the group has tanh or sigmoid layers, tail counts (G).
         """
         with torch.no_grad():
@@ -166,7 +168,10 @@ class Probes:
             for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
                 s = torch.stack([self._captured[self.act_keep[i]] for i in idx])
                 s = s.flatten(3) if s.dim() > 3 else s[..., None]  # (G, N, C, spatial): a unit is a feature or a channel map
-                parts += [*torch.std_mean(s.view(len(idx), -1), dim=1),  # over a flat view: several times faster
+                flat = s.view(len(idx), -1)
+                # sum and root of the sum of squares: the host makes mean and std of them; two plain
+                # reductions cost a tenth of torch.std_mean's kernel on small tensors
+                parts += [flat.sum(1), torch.linalg.vector_norm(flat, dim=1),
                           s.amax(dim=(1, 3)).flatten()]  # each unit's maximum; the host counts those <= 0
                 if tanh:
                     parts.append((s.abs() > 0.99).sum((1, 2, 3)))
@@ -182,8 +187,10 @@ class Probes:
                  nan, nan, nan, nan] for i in range(n)]
         k = 4 * n
         for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
-            g, units = len(idx), self._shapes[idx[0]][1]
-            std, mean = raw[k:k + g], raw[k + g:k + 2 * g]
+            g, units, n = len(idx), self._shapes[idx[0]][1], math.prod(self._shapes[idx[0]])
+            sums, roots = raw[k:k + g], raw[k + g:k + 2 * g]
+            mean = [t / n for t in sums]
+            std = [math.sqrt(max(r * r - t * t / n, 0.0) / (n - 1)) if n > 1 else nan for t, r in zip(sums, roots)]
             maxima = raw[k + 2 * g:k + 2 * g + g * units]
             k += 2 * g + g * units
             tails = {}
