@@ -305,6 +305,8 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.lr > 0, "lr", cfg.lr, "> 0")
     _require(cfg.batch_size is None or cfg.batch_size >= 1, "batch_size", cfg.batch_size, ">= 1 or null (full batch)")
     _require(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "in [0, 1)")
+    if cfg.norm.name == "batch" and cfg.batch_size == 1:
+        raise ConfigError("batch_size=1: BatchNorm cannot normalise a single sample; use norm=layer or norm=none")
     _require(cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", cfg.grad_clip, "> 0 or null (off)")
     _require(cfg.log.every >= 1, "log.every", cfg.log.every, ">= 1")
     _require(cfg.device.threads is None or cfg.device.threads >= 1, "device.threads", cfg.device.threads, ">= 1 or null")

@@ -83,6 +83,7 @@ CASES: dict[str, Case] = {
     "epochs-0": early(["epochs=0"], ["epochs", ">= 1"]),
     "batch-size-0": early(["batch_size=0"], ["batch_size", ">= 1"]),
     "grad-clip-0": early(["grad_clip=0"], ["grad_clip", "> 0"]),
+    "batchnorm-batch-of-one": early(["norm=batch", "batch_size=1"], ["batch_size=1", "BatchNorm", "norm=layer"]),
     "device-threads-0": early(["device.threads=0"], ["device.threads", ">= 1"]),
     "log-every-0": early(["log.every=0"], ["log.every", ">= 1"]),
     "loss-at-0": early(["log.loss_at=[0]"], ["log.loss_at", ">= 1"]),
