@@ -18,7 +18,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 import deeprun
 from deeprun.data import LOSSES

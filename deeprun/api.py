@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from . import display
-from .config import ConfigError, validate
+from .config import validate
 from .data import build_data, resolve_device
 from .models import build_model, count_params, resolve_init
 from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, write_atomic,
@@ -42,7 +42,7 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
     start = time.perf_counter()
     history = History(metric="", layer_names=[])
     row = config_row(cfg, cfg.init.name, cfg.device.name)
-    status, error, model, data = "running", None, None, None
+    status, error, model = "running", None, None
     if out is not None:
         write_summary(out, {**row, "status": status})
     try:

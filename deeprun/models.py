@@ -122,6 +122,10 @@ class ResidualMLP(nn.Module):
 
 
 MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "resnet": ResidualMLP}
+# Module types whose forward does not depend on train/eval mode (not Dropout, not BatchNorm; a
+# user's class might read self.training, so it is not listed)
+MODE_FREE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.Sequential, nn.ModuleList,
+             MLP, ResidualMLP, ResidualBlock, *ACTIVATIONS.values())
 
 
 # --- initialisation -----------------------------------------------------------

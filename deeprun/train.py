@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import ConfigError, lookup
 from .data import LOSSES, Data
+from .models import MODE_FREE
 from .probes import Probes
 
 OPTIMIZERS = {
@@ -103,10 +104,18 @@ class Validation:
         return sum(values) / len(values), r2
 
 
-def evaluate(model: nn.Module, data: Data, validation: Validation, probes: Optional[Probes]) -> torch.Tensor:
+def needs_mode_switch(model: nn.Module) -> bool:
+    """False when every module is one whose forward ignores train/eval mode: then the switch, which
+    walks every module twice an epoch (a seventh of an epoch of seed 001's model D), is skipped."""
+    return not all(type(m) in MODE_FREE for m in model.modules())
+
+
+def evaluate(model: nn.Module, data: Data, validation: Validation, probes: Optional[Probes],
+             switch: bool = True) -> torch.Tensor:
     """validation.raw() of the model on the validation set; with `probes`, the activations of
     the first chunk (the training set's, without a validation set) are captured for act_stats."""
-    model.eval()
+    if switch:
+        model.eval()
     with torch.no_grad():
         if not validation.size:
             if probes is not None:
@@ -135,9 +144,12 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
     x, y, n = data.x_train, data.y_train, len(data.x_train)
     pending: list[tuple] = []  # (epoch, train loss, validation.raw(), lr, seconds) awaiting a sync
 
+    switch = needs_mode_switch(model)
+
     def step_epoch(step: bool, probe: bool) -> torch.Tensor:
         """One pass over the training set (mean loss); with step=False only gradients (epoch 0)."""
-        model.train()
+        if switch:
+            model.train()
         slices = batches(n, batch_size, gen if step else None, x.device)
         if not step and slices is not None:  # epoch 0 probes one batch: a whole extra epoch would cost too much
             slices = slices[:1]
@@ -171,7 +183,7 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
                 b.copy_(saved)
         else:
             train_loss = step_epoch(step=True, probe=probing)
-        val_raw = evaluate(model, data, validation, probes if probing else None)
+        val_raw = evaluate(model, data, validation, probes if probing else None, switch)
         lr = optimizer.param_groups[0]["lr"]
         if epoch > 0 and scheduler is not None:
             if plateau:  # host sync: it compares numbers

@@ -12,9 +12,7 @@ import functools
 import math
 import sys
 import textwrap
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

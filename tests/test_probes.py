@@ -13,7 +13,6 @@ the probe forward; then one read of every layer's LAYER_COLUMNS.
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch

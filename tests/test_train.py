@@ -350,3 +350,36 @@ def test_device_threads_sets_torch_threads():
         assert result.summary["device.threads"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("overrides, switch", [
+    ([], False), (["norm=layer"], False), (["model=resnet", "norm=none"], False),
+    (["dropout=0.1"], True), (["norm=batch"], True), (["model=resnet"], True),
+])
+def test_mode_switch_only_where_a_module_reads_it(overrides, switch):
+    from deeprun.train import needs_mode_switch
+
+    cfg = cpu(*overrides)
+    assert needs_mode_switch(deeprun.build_model(cfg, deeprun.build_data(cfg))) is switch
+
+
+def test_a_users_module_always_gets_train_and_eval():
+    """A class deeprun does not know may read self.training: the loop must switch modes for it."""
+    from deeprun.train import needs_mode_switch
+
+    class Reads(nn.Module):
+        def forward(self, x):
+            return x if self.training else -x
+
+    assert needs_mode_switch(nn.Sequential(nn.Linear(2, 2), Reads()))
+
+
+def test_dropout_is_off_when_validating():
+    """With the switch, validation runs in eval mode: val_loss is deterministic for a dropout net."""
+    result = deeprun.run(cpu("dropout=0.5", "epochs=2"))
+    data_cfg = cpu("dropout=0.5", "epochs=2")
+    model = result.model.eval()
+    data = deeprun.build_data(data_cfg)
+    with torch.no_grad():
+        val = F.mse_loss(model(data.x_val), data.y_val).item()
+    assert result.epochs.val_loss.iloc[-1] == pytest.approx(val, rel=1e-5)
