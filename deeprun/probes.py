@@ -39,18 +39,15 @@ class Probes:
         order, act_calls = self._trace(probe_x[:2])
         self.names = list(order)
         self.weights = [m.weight for m in order.values()]
-        # activation call k of a forward pass -> the layer it follows (first one per layer)
-        seen: set[int] = set()
-        self.act_keep: list[int] = []  # call indices to keep
-        act_layer: list[int] = []
-        self.act_kinds: list[str] = []
+        # activation call k of a forward pass -> the layer it follows (the first call after each layer)
+        self.act_keep: list[int] = []  # call indices kept
+        self.act_layer: list[int] = []  # the layer index of each kept call
+        self.act_kinds: list[str] = []  # dead | tanh | sigmoid | plain: which fraction applies
         for k, (layer, module) in enumerate(act_calls):
-            if layer >= 0 and layer not in seen:
-                seen.add(layer)
+            if layer >= 0 and layer not in self.act_layer:
                 self.act_keep.append(k)
-                act_layer.append(layer)
+                self.act_layer.append(layer)
                 self.act_kinds.append(_kind(module))
-        self.act_layer = act_layer
         device = self.weights[0].device if self.weights else probe_x.device
         self.nan = torch.tensor(math.nan, device=device)
         self._zero = torch.zeros((), device=device)
