@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli as _run_cli, run_dirs
+from conftest import DEEPRUN, ROOT, run_cli as _run_cli, run_dirs
 
 WIDE = {"COLUMNS": "400"}  # rich wraps the summary table at the terminal width; keep paths on one line
 TINY_MLP = ["epochs=3", "depth=2", "width=8", "data.n=64"]
@@ -473,3 +473,34 @@ def test_sweep_goes_on_after_a_failed_job(failing_sweep):
     assert summaries.get("nope", {}).get("status") == "failed", output(p)
     assert "nope" in summaries["nope"]["error"]
     assert summaries.get("price", {}).get("status") == "completed", f"the second job did not run\n{output(p)}"
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_an_interrupted_record(tmp_path):
+    """SIGINT mid-run: exit 130, and records that parse, marked interrupted, with the epochs done so far."""
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([str(DEEPRUN), "epochs=1000000", "log.every=50", "log.progress=false", "data.n=64"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            d.joinpath("summary.json").exists() for d in (tmp_path / "outputs" / "runs").glob("*/*")):
+        time.sleep(0.2)
+    time.sleep(3)  # well into training
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, f"exit {proc.returncode}\n{out}\n{err}"
+    assert "interrupted" in err and "Traceback" not in err
+    (d,) = run_dirs(tmp_path / "outputs" / "runs")
+    s = read_summary(d)
+    assert s["status"] == "interrupted" and s["error"] == "KeyboardInterrupt"
+    epochs = pd.read_csv(d / "epochs.csv")
+    assert len(epochs) >= 1 and list(epochs.epoch) == list(range(len(epochs)))
+    assert s["final_train_loss"] == pytest.approx(epochs.train_loss.iloc[-1])
+    assert not list(d.glob(".*.tmp"))
