@@ -60,7 +60,7 @@ class Probes:
         self._flat = [(m, isinstance(m, ACTIVATION_MODULES)) for m in model] if flat else None
         self.grad_sum: list[torch.Tensor] | None = None  # per layer, summed over the epoch's steps
         self.steps = 0
-        self.before: list[torch.Tensor] = []  # the weights at the start of the epoch
+        self.before: list[torch.Tensor] = []  # the weights at the start of the epoch (spent by collect)
 
     @torch.no_grad()
     def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], list[tuple[int, nn.Module]]]:
@@ -159,8 +159,9 @@ class Probes:
         """
         with torch.no_grad():
             grads = self.grad_sum if self.grad_sum is not None else [self.nan] * len(self.weights)
-            diff = torch._foreach_sub(self.weights, self.before)
-            parts = [torch.stack([*grads, *torch._foreach_norm([*diff, *self.before, *self.weights])])]
+            norms = torch._foreach_norm([*self.before, *self.weights])
+            torch._foreach_sub_(self.before, self.weights)  # in place: no second copy of the weights
+            parts = [torch.stack([*grads, *torch._foreach_norm(self.before), *norms])]
             self._shapes = tuple(a.shape for a in self._kept())
             for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
                 s = torch.stack([self._captured[self.act_keep[i]] for i in idx])
