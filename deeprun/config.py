@@ -188,7 +188,7 @@ class ClassificationDataConfig(DataConfig):
     n: int = 1000
     n_features: int = 20
     n_classes: int = 2
-    class_sep: float = 2.0  # spread of the cluster centres, in noise standard deviations
+    class_sep: float = 2.0  # distance of the cluster centres from the origin, in noise standard deviations
 
 
 @dataclass

@@ -70,7 +70,8 @@ def diag_flip(cfg: DictConfig, gen: torch.Generator) -> tuple[torch.Tensor, torc
 
 def classification(cfg: DictConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Two Gaussian clusters per class (so no single hyperplane separates them), unit noise."""
-    centres = torch.randn(cfg.n_classes, 2, cfg.n_features, generator=gen) * cfg.class_sep / cfg.n_features ** 0.5 * 2
+    # each centre's distance from the origin is about class_sep noise standard deviations
+    centres = torch.randn(cfg.n_classes, 2, cfg.n_features, generator=gen) * cfg.class_sep / cfg.n_features ** 0.5
     labels = torch.arange(cfg.n) % cfg.n_classes
     cluster = torch.randint(0, 2, (cfg.n,), generator=gen)
     x = centres[labels, cluster] + torch.randn(cfg.n, cfg.n_features, generator=gen)

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from .probes import LAYER_COLUMNS
 
 SUMMARY, EPOCHS, LAYERS = "summary.json", "epochs.csv", "layers.csv"
-STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
 GROUPS = ("model", "act", "init", "norm", "optimizer", "scheduler", "data", "device")
 
 

@@ -113,7 +113,7 @@ def needs_mode_switch(model: nn.Module) -> bool:
 def evaluate(model: nn.Module, data: Data, validation: Validation, probes: Optional[Probes],
              switch: bool = True) -> torch.Tensor:
     """validation.raw() of the model on the validation set; with `probes`, the activations of
-    the first chunk (the training set's, without a validation set) are captured for act_stats."""
+    the first chunk (the training set's, without a validation set) are captured for probes.collect."""
     if switch:
         model.eval()
     with torch.no_grad():
@@ -145,6 +145,8 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
     pending: list[tuple] = []  # (epoch, train loss, validation.raw(), lr, seconds) awaiting a sync
 
     switch = needs_mode_switch(model)
+    slices = batches(n, batch_size, None, x.device)  # the batch sizes are the same every epoch
+    batch_weights = None if slices is None else torch.tensor([len(i) / n for i in slices], device=x.device)
 
     def step_epoch(step: bool, probe: bool) -> torch.Tensor:
         """One pass over the training set (mean loss); with step=False only gradients (epoch 0)."""
@@ -168,8 +170,7 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
             losses.append(loss.detach())
         if len(losses) == 1:
             return losses[0]
-        sizes = torch.tensor([len(i) for i in slices], device=x.device, dtype=losses[0].dtype)
-        return (torch.stack(losses) * sizes).sum() / sizes.sum()
+        return (torch.stack(losses) * batch_weights).sum()  # the mean over samples, not over batches
 
     for epoch in range(epochs + 1):
         t0 = time.perf_counter()

@@ -383,3 +383,13 @@ def test_dropout_is_off_when_validating():
     with torch.no_grad():
         val = F.mse_loss(model(data.x_val), data.y_val).item()
     assert result.epochs.val_loss.iloc[-1] == pytest.approx(val, rel=1e-5)
+
+
+def test_read_run_gives_back_what_the_run_returned(tmp_path):
+    from deeprun.records import read_run
+
+    result = deeprun.run(cpu("act=tanh", "epochs=4"), out_dir=tmp_path)
+    summary, epochs, layers = read_run(tmp_path)
+    assert summary["status"] == "completed" and summary["final_train_loss"] == result.summary["final_train_loss"]
+    pd.testing.assert_frame_equal(epochs, result.epochs, check_dtype=False)
+    pd.testing.assert_frame_equal(layers, result.layers, check_dtype=False)
