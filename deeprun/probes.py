@@ -61,6 +61,8 @@ class Probes:
         self.grad_sum: list[torch.Tensor] | None = None  # per layer, summed over the epoch's steps
         self.steps = 0
         self.before: list[torch.Tensor] = []  # the weights at the start of the epoch (spent by collect)
+        self.before_norms: list[torch.Tensor] = []  # their norms
+        self._versions: list[int] = []  # the weights' version counters when before_norms was last right
 
     @torch.no_grad()
     def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], list[tuple[int, nn.Module]]]:
@@ -99,6 +101,11 @@ class Probes:
         with torch.no_grad():
             if not self.before:
                 self.before = [w.detach().clone() for w in self.weights]
+            # ||W_before||: the last collect's ||W_after|| when no weight has changed since (probes
+            # every epoch), which saves a norm per layer; else measured now
+            versions = [w._version for w in self.weights]
+            if versions != self._versions:
+                self.before_norms = list(torch._foreach_norm(self.weights))
             torch._foreach_copy_(self.before, self.weights)  # into the same buffers every epoch: no allocation
 
     def after_backward(self) -> None:
@@ -159,9 +166,11 @@ class Probes:
         """
         with torch.no_grad():
             grads = self.grad_sum if self.grad_sum is not None else [self.nan] * len(self.weights)
-            norms = torch._foreach_norm([*self.before, *self.weights])
             torch._foreach_sub_(self.before, self.weights)  # in place: no second copy of the weights
-            parts = [torch.stack([*grads, *torch._foreach_norm(self.before), *norms])]
+            norms = torch._foreach_norm([*self.before, *self.weights])  # ||W_after - W_before||, ||W_after||
+            after = norms[len(self.weights):]
+            parts = [torch.stack([*grads, *norms[:len(self.weights)], *self.before_norms, *after])]
+            self.before_norms, self._versions = after, [w._version for w in self.weights]
             self._shapes = tuple(a.shape for a in self._kept())
             for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
                 s = torch.stack([self._captured[self.act_keep[i]] for i in idx])
