@@ -16,8 +16,8 @@ from . import display
 from .config import validate
 from .data import build_data, resolve_device
 from .models import build_model, count_params, resolve_init
-from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, write_atomic,
-                      write_summary, write_table)
+from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, missed_expectation,
+                      write_atomic, write_summary, write_table)
 from .train import History, train
 
 
@@ -30,9 +30,12 @@ class Result:
     out_dir: Optional[Path]
 
 
-def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optional[bool] = None) -> Result:
+def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
+        job: Optional[int] = None, threads: Optional[int] = None) -> Result:
     """Train as `cfg` says; with `out_dir`, write summary.json, epochs.csv, layers.csv and checkpoints there.
 
+    `job` is the job number in a sweep (device.spread maps it to a GPU); `threads` is the torch
+    thread count when device.threads leaves it open (a parallel launcher's share of the cores).
     A failure or Ctrl-C still leaves complete records (status failed / interrupted)
     before the exception goes on to the caller.
     """
@@ -48,10 +51,11 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
     try:
         validate(cfg)  # inside: in a sweep, a bad value is that job's `failed` record
         row["init"] = resolve_init(cfg.init, cfg.act)
-        device = resolve_device(cfg.device.name)
-        if cfg.device.threads is not None:
-            torch.set_num_threads(cfg.device.threads)
-        row["device"] = device.type
+        device = resolve_device(cfg.device.name, job if cfg.device.spread else None)
+        threads = cfg.device.threads or threads
+        if threads is not None:
+            torch.set_num_threads(threads)
+        row["device"] = str(device)
         data = build_data(cfg, device)
         history.metric = data.metric
         model = build_model(cfg, data)
@@ -74,6 +78,8 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         summary = {**row, "status": status, "diverged_epoch": history.diverged_epoch,
                    **metrics_row(cfg, history.metric, epochs, layers),
                    "seconds": time.perf_counter() - start, "error": error}
+        if any(v is not None for v in cfg.expect.values()):
+            summary["expect_missed"] = missed_expectation(cfg.expect, summary)
         if out is not None:
             write_table(out / EPOCHS, epochs)
             write_table(out / LAYERS, layers)

@@ -7,11 +7,13 @@ missing file) ends in one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
-from pathlib import Path
 from dataclasses import is_dataclass
+from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,41 +22,71 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from . import sweep
 from .config import ConfigError, conf_dir, field_names, validate
 
 USAGE_ERROR = 2
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
-    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg, hydra_cfg)
     try:
-        if not sweep:
-            validate(cfg)  # fail fast, before torch loads; in a sweep the job's record says `failed`
+        validate(cfg)  # fail fast, before torch loads
         from .api import run
-        from .display import print_summary
 
         result = run(cfg, out_dir=hydra_cfg.runtime.output_dir)
     except ConfigError as e:  # raised here, past Hydra's job runner, it would print a second line
-        if not sweep:
-            _discard_unused(Path(hydra_cfg.runtime.output_dir))
-            _usage_error(e)
-        print(f"deeprun: job {hydra_cfg.job.num} failed: {e}", file=sys.stderr)
-        return
-    except Exception as e:  # one failing job must not end a sweep; its record says why
-        if not sweep:
-            raise
-        print(f"deeprun: job {hydra_cfg.job.num} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return
+        _discard_unused(Path(hydra_cfg.runtime.output_dir))
+        _usage_error(e)
     if cfg.log.progress:
+        from .display import print_summary
+
         print_summary(result.summary, result.out_dir)
+    missed = result.summary.get("expect_missed")
+    if missed:
+        print(f"deeprun: {missed}", file=sys.stderr)
+        sys.exit(1)
+    return None
+
+
+def _sweep_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
+    """One job of a sweep: runs and records itself, never raises (unless strict=true), and returns
+    the objective for a sweeper such as Optuna."""
+    from .records import SUMMARY, config_key
+
+    out, top, num = Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.sweep.dir), hydra_cfg.job.num
+    if cfg.resume:
+        done = sweep.finished_run(top, config_key(cfg))
+        if done is not None:
+            if done != out:
+                _discard_unused(out)
+            print(f"deeprun: job {num} skipped: finished before, in {done}", file=sys.stderr)
+            return sweep.objective(cfg, json.loads((done / SUMMARY).read_text()))
+    from .api import run
+
+    try:
+        summary = run(cfg, out_dir=out, progress=False, job=num, threads=sweep.job_threads(hydra_cfg)).summary
+    except Exception as e:  # the job's record says `failed`, with the message; the sweep goes on
+        why = one_line(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+        print(f"deeprun: job {num} failed: {why} ({out.name})", file=sys.stderr)
+        if cfg.strict:
+            raise sweep.JobFailed(f"job {num} failed and strict=true: sweep stopped") from e
+        return float(cfg.penalty)
+    finally:
+        sweep.write_results(top)
+    value = sweep.objective(cfg, summary)
+    print(f"deeprun: job {num} {summary['status']}, {cfg.objective} {value:.4g} ({out.name})", file=sys.stderr)
+    return value
 
 
 def main() -> None:
     # Let exceptions reach us instead of Hydra's multi-line report, so that a
     # user's mistake becomes one line with exit status 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    status = 0
     try:
         _app()
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
@@ -64,7 +96,13 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         print("deeprun: interrupted; records marked 'interrupted'", file=sys.stderr)
-        sys.exit(130)
+        status = 130
+    except sweep.JobFailed as e:
+        print(f"deeprun: {e}", file=sys.stderr)
+        status = 1
+    if sweep.started_dir() is not None:  # the end of a sweep, however it ended
+        status = max(status, sweep.finish(sweep.started_dir()))
+    sys.exit(status)
 
 
 def _discard_unused(run_dir: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any, List, Optional, TypeVar
 
@@ -157,7 +157,8 @@ class PlateauSchedulerConfig(SchedulerConfig):
 @dataclass
 class DeviceConfig:
     name: str = "auto"  # auto: cuda, then mps, then cpu
-    threads: Optional[int] = None  # torch intra-op CPU threads; null: torch's default (one per core)
+    threads: Optional[int] = None  # torch intra-op CPU threads; null: one per core, shared out among parallel jobs
+    spread: bool = False  # in a sweep, job k runs on GPU k mod (number of GPUs)
 
 
 @dataclass
@@ -165,6 +166,7 @@ class DataConfig:
     name: str = MISSING
     val_fraction: float = 0.2
     seed: int = 0  # the data set and its split; the top-level seed drives init and shuffling
+    max_rows: Optional[int] = None  # use a seeded sample of at most this many rows; debug=smoke sets 64
 
 
 @dataclass
@@ -216,6 +218,13 @@ class SaveConfig:
     checkpoints: List[str] = field(default_factory=list)  # any of: init, final
 
 
+# Results columns a run can be held to: expect.<column>_below=<x> / expect.<column>_above=<x>
+EXPECT_COLUMNS = ("final_train_loss", "final_val_loss", "best_val_loss", "val_r2", "val_accuracy",
+                  "grad_norm_first", "grad_norm_last", "grad_ratio", "dead_frac_max", "saturated_frac_max", "seconds")
+ExpectConfig = make_dataclass("ExpectConfig", [(f"{c}_{side}", Optional[float], None)
+                                               for c in EXPECT_COLUMNS for side in ("below", "above")])
+
+
 @dataclass
 class Config:
     model: Any = MISSING  # built-in options carry their schema; model=custom is open for _target_
@@ -236,6 +245,12 @@ class Config:
     grad_clip: Optional[float] = None  # max global grad norm; null: off
     log: LogConfig = field(default_factory=LogConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
+    # sweeps
+    resume: bool = False  # skip the jobs of this sweep dir that already have a finished record
+    strict: bool = False  # the first failing job ends the sweep
+    objective: str = "best_val_loss"  # the results column a sweeper (Optuna) minimises
+    penalty: float = 1.0e9  # what a failed or diverged job reports to the sweeper instead
+    expect: ExpectConfig = field(default_factory=ExpectConfig)  # <column>_below / _above: exit 1 if missed
 
 
 # Options with keys of their own; the others are checked by the base class the
@@ -320,6 +335,8 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None:
             _require(value > 0, key, value, "> 0")
+    _require(cfg.objective in (*EXPECT_COLUMNS, "params") or cfg.objective.startswith("loss@"), "objective",
+             cfg.objective, "a results column: " + ", ".join(EXPECT_COLUMNS))
     _validate_data(cfg.data)
     _validate_custom(cfg.model, "model")
 
@@ -353,6 +370,8 @@ def import_object(path: str, key: str) -> Any:
 
 def _validate_data(data: DictConfig) -> None:
     _require(0 <= data.get("val_fraction", 0.0) < 1, "data.val_fraction", data.get("val_fraction"), "in [0, 1)")
+    if data.get("max_rows") is not None:
+        _require(data.max_rows >= 2, "data.max_rows", data.max_rows, ">= 2 or null (all rows)")
     for key in ("n", "n_features"):
         if key in data:
             _require(data[key] >= 1, f"data.{key}", data[key], ">= 1")

@@ -174,15 +174,18 @@ _DEEPRUN_KEYS = ("name", "_target_", "task", "max_classes", "val_fraction", "see
 
 # --- the builder ----------------------------------------------------------------
 
-def resolve_device(name: str) -> torch.device:
-    """auto: cuda, then mps, then cpu; a named device that is absent is a ConfigError."""
+def resolve_device(name: str, job: int | None = None) -> torch.device:
+    """auto: cuda, then mps, then cpu; a named device that is absent is a ConfigError. With `job`
+    (device.spread in a sweep), CUDA jobs go round the GPUs: job k on GPU k mod count."""
     has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if name == "auto":
-        return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
+        name = next(d for d in ("cuda", "mps", "cpu") if has[d])
     if not has.get(name, False):
         present = ", ".join(d for d, ok in has.items() if ok)
         raise ConfigError(f"device={name}: not available on this machine (torch {torch.__version__}); "
                           f"available: {present}, or device=auto")
+    if name == "cuda" and job is not None:
+        return torch.device("cuda", job % torch.cuda.device_count())
     return torch.device(name)
 
 
@@ -210,6 +213,10 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
         classes = None if task == "regression" else list(range(node.n_classes))
         if task == "binary":
             y = y.float()[:, None]
+    max_rows = node.get("max_rows")
+    if max_rows is not None and max_rows < len(x):  # a seeded sample of the rows (debug=smoke)
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(node.seed))[:max_rows]
+        x, y = x[keep], y[keep]
     train, val = split(len(x), node.val_fraction, node.seed)
     if node.name == "csv":  # standardise with the training split's statistics only
         mean, std = x[train].mean(0), x[train].std(0)

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from .models import WEIGHT_LAYERS
-
-LAYER_COLUMNS = ("grad_norm", "weight_norm", "update_ratio", "act_mean", "act_std", "dead_frac", "saturated_frac")
+from .records import LAYER_COLUMNS
 RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.ReLU6, nn.PReLU, nn.CELU, nn.RReLU)
 ACTIVATION_MODULES = (*RELU_FAMILY, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
 

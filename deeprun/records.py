@@ -1,14 +1,19 @@
-"""Run records: summary.json (one results row), epochs.csv, layers.csv; atomic writes.
+"""Run records: summary.json (one results row), epochs.csv, layers.csv; atomic writes; the results table.
 
 A reader never sees a torn file: each record is written to a temporary file in
-the same directory and renamed over the old one.
+the same directory and renamed over the old one. No torch here: deeprun-report
+and the end of a sweep read records without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
+import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -16,10 +21,12 @@ from typing import Any, Callable
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .probes import LAYER_COLUMNS
-
-SUMMARY, EPOCHS, LAYERS = "summary.json", "epochs.csv", "layers.csv"
+SUMMARY, EPOCHS, LAYERS, RESULTS = "summary.json", "epochs.csv", "layers.csv", "results.csv"
 GROUPS = ("model", "act", "init", "norm", "optimizer", "scheduler", "data", "device")
+LAYER_COLUMNS = ("grad_norm", "weight_norm", "update_ratio", "act_mean", "act_std", "dead_frac", "saturated_frac")
+FINISHED = ("completed", "diverged")  # a run with one of these statuses has its whole record
+# Keys that change how a run is driven, not what it computes: left out of its config_key
+RUNTIME_KEYS = ("resume", "strict", "expect", "log.progress")
 
 
 def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
@@ -66,7 +73,7 @@ def config_row(cfg: DictConfig, init: str, device: str) -> dict:
         "act": cfg.act.name, "init": init, "norm": cfg.norm.name, "norm_position": cfg.norm.position,
         "optimizer": cfg.optimizer.name, "scheduler": cfg.scheduler.name, "lr": cfg.lr,
         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "dropout": cfg.dropout, "grad_clip": cfg.grad_clip,
-        "data": cfg.data.name, "seed": cfg.seed, "device": device,
+        "data": cfg.data.name, "seed": cfg.seed, "device": device, "config_key": config_key(cfg),
     }
     for group in GROUPS:
         for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
@@ -112,3 +119,72 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     epochs = pd.read_csv(run_dir / EPOCHS) if (run_dir / EPOCHS).exists() else pd.DataFrame()
     layers = pd.read_csv(run_dir / LAYERS) if (run_dir / LAYERS).exists() else pd.DataFrame()
     return summary, epochs, layers
+
+
+def config_key(cfg: DictConfig) -> str:
+    """A short hash of everything in `cfg` that decides a run's outcome: equal keys, equal runs.
+    Resume finds a sweep's finished jobs by it, whatever their job number."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree.pop("hydra", None)
+    for key in RUNTIME_KEYS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def missed_expectation(expect: DictConfig, summary: dict) -> str | None:
+    """The first `expect.<column>_below|_above` the run's summary misses, as one line; None if all hold."""
+    for key, bound in expect.items():
+        if bound is None:
+            continue
+        column, side = key.rsplit("_", 1)
+        value = summary.get(column)
+        holds = isinstance(value, (int, float)) and (value < bound if side == "below" else value > bound)
+        if not holds:
+            shown = "missing" if value is None else f"{value:.6g}" if isinstance(value, float) else value
+            return f"expect.{key}={bound:g} missed: {column} = {shown} (status {summary.get('status')})"
+    return None
+
+
+def _natural(path: Path) -> list:
+    """Sort key: job 10 after job 9."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories (those holding a summary.json) at or under each path, in natural order."""
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        for summary in sorted(path.rglob(SUMMARY), key=_natural) if path.is_dir() else []:
+            found[summary.parent] = None
+    return list(found)
+
+
+def results_frame(paths: list[str | Path], relative_to: Path | None = None) -> pd.DataFrame:
+    """The results table of every run under `paths`: one row per summary.json, plus its `run` directory.
+
+    Built from the files alone, so it is right whichever launcher ran the jobs and however a
+    sweep ended. A summary that cannot be read is skipped with a warning.
+    """
+    rows = []
+    for run_dir in find_runs(paths):
+        try:
+            summary = json.loads((run_dir / SUMMARY).read_text())
+        except (OSError, ValueError) as e:
+            print(f"deeprun: skipping {run_dir / SUMMARY}: {e}", file=sys.stderr)
+            continue
+        run = run_dir.relative_to(relative_to) if relative_to is not None and run_dir.is_relative_to(relative_to) else run_dir
+        rows.append({**summary, "overrides": _overrides(run_dir), "run": str(run)})
+    return pd.DataFrame(rows)
+
+
+def _overrides(run_dir: Path) -> str | None:
+    """The run's command-line overrides as Hydra recorded them (`act=tanh depth=8`); None without a .hydra/."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    with contextlib.suppress(OSError, ValueError):
+        if path.is_file():
+            return " ".join(str(o) for o in OmegaConf.load(path))
+    return None
