@@ -26,6 +26,9 @@ from . import sweep
 from .config import ConfigError, conf_dir, field_names, validate
 
 USAGE_ERROR = 2
+# Hydra plugins behind deeprun's optional extras: group -> option -> extra
+PLUGIN_EXTRAS = {"hydra/launcher": {"submitit_slurm": "slurm", "submitit_local": "slurm"},
+                 "hydra/sweeper": {"optuna": "optuna"}}
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
@@ -91,6 +94,10 @@ def main() -> None:
         _app()
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         _usage_error(e)
+    except ValueError as e:  # Hydra's own command-line checks (`--cfg` with `-m`) raise ValueError
+        if not _raised_in_hydra(e):
+            raise
+        _usage_error(e)
     except BrokenPipeError:  # `deeprun --help | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
@@ -113,6 +120,13 @@ def _discard_unused(run_dir: Path) -> None:
             run_dir.rmdir()
 
 
+def _raised_in_hydra(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}hydra{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
 def _usage_error(e: BaseException) -> None:
     print(f"deeprun: error: {one_line(e)}", file=sys.stderr)
     sys.exit(USAGE_ERROR)
@@ -122,6 +136,9 @@ def one_line(e: BaseException) -> str:
     """What was wrong, where, and what is allowed, from ConfigError or Hydra/OmegaConf's own errors."""
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
         group, _, option = e.missing_cfg_file.rpartition("/")
+        extra = PLUGIN_EXTRAS.get(group, {}).get(option)
+        if extra:
+            return f"{group}={option}: its Hydra plugin is not installed; pip install 'deeprun[{extra}]'"
         options = ", ".join(o for o in (e.options or []))
         return f"{group}={option}: no such option; choose from: {options}"
     if isinstance(e, OverrideParseException):

@@ -452,7 +452,8 @@ def test_multirun_leaves_one_record_per_job(multirun):
     sweeps = multirun.dir / "outputs" / "sweeps"
     dirs = run_dirs(sweeps)
     assert len(dirs) == 2, dirs
-    assert sorted(d.relative_to(sweeps).parts[1] for d in dirs) == ["0", "1"]  # <stamp>/<job number>
+    names = sorted(d.relative_to(sweeps).parts[1] for d in dirs)  # <stamp>/<job number>_<overrides>
+    assert names == ["0_act=relu,data.n=64,depth=2,epochs=2,width=8", "1_act=tanh,data.n=64,depth=2,epochs=2,width=8"]
     assert len({d.parent for d in dirs}) == 1  # one sweep directory
     summaries = {s["act"]: s for s in map(read_summary, dirs)}
     assert set(summaries) == {"relu", "tanh"}
@@ -469,6 +470,7 @@ def test_sweep_goes_on_after_a_failed_job(failing_sweep):
     """DESIGN: an exception in one job of a sweep is recorded as failed with its message, and the sweep goes on."""
     p = failing_sweep.proc
     assert "Traceback" not in p.stdout + p.stderr, output(p)
+    assert p.returncode == 1, output(p)  # the sweep ran to its end, and says a job failed
     summaries = {s["data.target"]: s for s in map(read_summary, run_dirs(failing_sweep.dir / "outputs" / "sweeps"))}
     assert summaries.get("nope", {}).get("status") == "failed", output(p)
     assert "nope" in summaries["nope"]["error"]
