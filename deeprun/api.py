@@ -55,7 +55,7 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         threads = cfg.device.threads or threads
         if threads is not None:
             torch.set_num_threads(threads)
-        row["device"] = str(device)
+        row.update(device=str(device), threads=torch.get_num_threads())
         data = build_data(cfg, device)
         history.metric = data.metric
         model = build_model(cfg, data)

@@ -65,7 +65,7 @@ KEY_METRICS = ("status", "final_train_loss", "final_val_loss", "val_r2", "val_ac
                "grad_ratio", "dead_frac_max", "saturated_frac_max", "seconds", "error", "expect_missed")
 
 
-OUTCOME_COLUMNS = ("config_key", "task", "params")  # stored among the config columns, but results
+OUTCOME_COLUMNS = ("config_key", "threads", "task", "params")  # stored among the config columns, but not chosen
 
 
 def config_columns(frame) -> list[str]:

@@ -75,11 +75,11 @@ def job_threads(hydra_cfg: DictConfig) -> Optional[int]:
     launcher = hydra_cfg.launcher
     target = str(launcher.get("_target_", ""))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if "Joblib" in target:
+    if "joblib" in target.lower():
         n_jobs = launcher.get("n_jobs") or -1
         workers = n_jobs if n_jobs > 0 else max(cores + 1 + n_jobs, 1)  # joblib: -1 is every core, -2 all but one
         return max(cores // min(workers, cores), 1)
-    if "Submitit" in target:
+    if "submitit" in target.lower():
         return launcher.get("cpus_per_task") or None
     return None
 
