@@ -1,0 +1,427 @@
+"""`deeprun-report PATH...`: the results table of any runs, filtered and sorted; a pivot with mean ± std
+over seeds; the table written as csv, markdown or parquet; plots of loss curves and per-layer gradients.
+
+Reads records only: no torch, so it starts in about a second. matplotlib loads only for --plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import math
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import pandas as pd
+
+from .cli import USAGE_ERROR
+from .display import default_columns, fmt, print_results, varying_columns
+from .records import read_run, results_frame, write_atomic, write_table
+
+FORMATS = ("csv", "md", "parquet")
+SEEDS = ("seed", "data.seed")  # the columns a pivot cell may average over
+MAX_GROUPS = 20  # configurations per plot: beyond this, lines and legend stop being readable
+WIDE = 10  # values whose max/min is at least this (a decade) get a log axis
+SHARED = ("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "batch_size", "epochs", "data")
+
+EXAMPLES = """examples:
+  deeprun-report outputs/sweeps/2026-11-22_14-13-21-590484
+  deeprun-report outputs/sweeps/* --filter status=completed --sort=-final_val_loss
+  deeprun-report runs/a runs/b --columns act,depth,final_train_loss,grad_norm_first --out table.md
+  deeprun-report SWEEP --pivot depth act final_train_loss --out pivot.csv --plot plots/
+"""
+
+
+class ReportError(ValueError):
+    """A user's mistake: one line on stderr, exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        report(args.paths, columns=args.columns, sort=args.sort, filters=args.filters, pivot=args.pivot,
+               out=args.out, plot=args.plot)
+    except ReportError as e:
+        _fail(str(e))
+    except BrokenPipeError:  # `deeprun-report ... | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's own is two lines: usage, then the message
+        _fail(f"{message} (see deeprun-report --help)")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"deeprun-report: error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="deeprun-report", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="The results table of the runs under PATHs (run or sweep directories, searched "
+                            "recursively): printed, pivoted, written to a file and plotted.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep directories, e.g. outputs/sweeps/<stamp>")
+    p.add_argument("--columns", metavar="A,B,C",
+                   help="columns to show and write (default: those that vary, then key metrics), "
+                        "e.g. --columns act,depth,final_train_loss")
+    p.add_argument("--sort", metavar="COL[,COL]",
+                   help="sort rows by these columns, missing values last; a leading - sorts descending "
+                        "(write it with =), e.g. --sort=-final_val_loss or --sort act,depth")
+    p.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep runs whose KEY equals VALUE, compared as the column's type (null: missing); "
+                        "repeat to require several, e.g. --filter depth=8 --filter status=completed")
+    p.add_argument("--pivot", nargs=3, metavar=("ROWS", "COLS", "VALUE"),
+                   help="VALUE per (ROWS, COLS) cell; mean ± std (sample std, ddof=1) where a cell holds runs "
+                        "that differ only by seed, e.g. --pivot depth act final_train_loss")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the table shown (with --pivot: the pivot, its std as '<col> std' columns); "
+                        "the format follows the suffix: .csv, .md or .parquet, e.g. --out results.md")
+    p.add_argument("--plot", metavar="DIR",
+                   help="write PNGs into DIR: loss.png (loss curves), grad_norm.png (gradient norm per layer "
+                        "at initialisation and at the end) and with --pivot the pivot, e.g. --plot plots/")
+    return p
+
+
+def report(paths: Sequence[str], columns: str | None = None, sort: str | None = None,
+           filters: Sequence[str] = (), pivot: Sequence[str] | None = None, out: str | None = None,
+           plot: str | None = None) -> None:
+    """Everything deeprun-report does; raises ReportError for bad input before it writes anything."""
+    out_path, plot_dir = _check_out(out), None if plot is None else Path(plot)
+    if plot_dir is not None and plot_dir.exists() and not plot_dir.is_dir():
+        raise ReportError(f"--plot {plot}: not a directory; name a directory for the PNGs")
+    everything = load(paths)
+    frame = select(everything, filters, sort)
+    # default: what varies among all the runs found, so a filter does not make its own column disappear
+    shown = (list(dict.fromkeys(_column(frame, c.strip(), "--columns") for c in columns.split(","))) if columns
+             else default_columns(everything))
+    kept = f"{len(frame)} of {len(everything)}" if len(frame) < len(everything) else str(len(frame))
+    stats = pivot_stats(frame, *pivot) if pivot else None
+    print_results(frame, shown, title=f"{kept} runs under {', '.join(paths)}")
+    table = frame[shown]
+    if pivot:
+        rows, cols, value = pivot
+        table, cells = pivot_frame(stats, rows, cols), pivot_frame(stats, rows, cols, as_text=True)
+        over = f" (mean ± std over {stats['count'].max()} seeds)" if stats["count"].max() > 1 else ""
+        print_results(cells, list(cells.columns), title=value + over)
+    if out_path is not None:
+        try:
+            write(table, out_path)
+        except OSError as e:  # permissions, a full disk: the user's path, not our bug
+            raise ReportError(f"--out {out}: cannot write: {e.strerror or e}") from None
+        print(f"wrote {out_path}")
+    if plot_dir is not None:
+        try:
+            written = plots(frame, plot_dir, pivot, stats)
+        except OSError as e:
+            raise ReportError(f"--plot {plot}: cannot write: {e.strerror or e}") from None
+        for path in written:
+            print(f"wrote {path}")
+
+
+def load(paths: Sequence[str]) -> pd.DataFrame:
+    """The results table of every run at or under `paths`."""
+    for path in paths:
+        if not Path(path).is_dir():
+            why = "not a directory" if Path(path).exists() else "no such directory"
+            raise ReportError(f"PATH {path}: {why}; pass run or sweep directories, e.g. outputs/sweeps/<stamp>")
+    frame = results_frame(list(paths))
+    if frame.empty:
+        raise ReportError(f"no runs under {', '.join(paths)}: no readable summary.json there; pass run or sweep "
+                          "directories, e.g. outputs/sweeps/<stamp>")
+    return frame
+
+
+def select(frame: pd.DataFrame, filters: Sequence[str] = (), sort: str | None = None) -> pd.DataFrame:
+    """The rows that match every KEY=VALUE filter, sorted by `sort` (`col,-col`; missing values last)."""
+    for text in filters:
+        key, eq, value = text.partition("=")
+        if not eq:
+            raise ReportError(f"--filter {text}: expected KEY=VALUE, e.g. --filter act=tanh")
+        matched = frame[_matches(frame[_column(frame, key, "--filter")], value, text)]
+        if matched.empty:
+            present = list(dict.fromkeys(_text(v) for v in frame[key]))
+            more = f" and {len(present) - 12} more" if len(present) > 12 else ""
+            raise ReportError(f"--filter {text}: no run matches; {key} here is one of: {', '.join(present[:12])}{more}")
+        frame = matched
+    if sort:
+        keys = [k.strip() for k in sort.split(",")]
+        by = [_column(frame, k.lstrip("-"), "--sort") for k in keys]
+        frame = frame.sort_values(by, ascending=[not k.startswith("-") for k in keys], na_position="last",
+                                  kind="stable")
+    return frame
+
+
+def _matches(column: pd.Series, value: str, text: str) -> pd.Series:
+    if value == "null":
+        return column.isna()
+    if column.dtype.kind in "iuf":
+        try:
+            return column == float(value)
+        except ValueError:
+            raise ReportError(f"--filter {text}: {column.name} holds numbers, e.g. {_text(column.iloc[0])}") from None
+    return column.map(_text) == value
+
+
+def _text(value) -> str:
+    """A value as a person types it in an override or filter: true, 8, 0.01, null."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt(value)
+
+
+def _column(frame: pd.DataFrame, name: str, option: str) -> str:
+    """`name` if the table has that column, else an error naming the option and columns it has."""
+    if name in frame.columns:
+        return name
+    close = difflib.get_close_matches(name, [str(c) for c in frame.columns], n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise ReportError(f"{option}: no column {name!r}; {hint}columns here include "
+                      f"{', '.join(default_columns(frame))} ({len(frame.columns)} in all)")
+
+
+def pivot_stats(frame: pd.DataFrame, rows: str, cols: str, value: str) -> pd.DataFrame:
+    """mean, std and count of `value` per (rows, cols) cell. An error if a cell mixes runs that differ in
+    more than their seed: its mean would hide that difference."""
+    option = f"--pivot {rows} {cols} {value}"
+    for name in (rows, cols, value):
+        _column(frame, name, "--pivot")
+    if len({rows, cols, value}) < 3:
+        raise ReportError(f"{option}: ROWS, COLS and VALUE must be three different columns")
+    if frame[value].dtype.kind not in "iuf" or frame[value].isna().all():
+        numeric = [c for c in default_columns(frame) if frame[c].dtype.kind == "f" and frame[c].notna().any()]
+        raise ReportError(f"{option}: VALUE {value} has no numbers in these runs; numeric: {', '.join(numeric)}")
+    ran = frame[frame["status"] != "failed"] if "status" in frame else frame  # a failed run still says init=auto
+    cells = ran.groupby([rows, cols], dropna=False)
+    others = [c for c in varying_columns(frame) if c not in (rows, cols, *SEEDS)]
+    mixed = [c for c in others if (cells[c].nunique(dropna=False) > 1).any()]
+    if mixed:
+        raise ReportError(f"{option}: a cell holds runs that differ in {', '.join(mixed)}, not only in seed; "
+                          f"add --filter {mixed[0]}=<value> or pivot by {mixed[0]}")
+    return frame.groupby([rows, cols], dropna=False)[value].agg(["mean", "std", "count"])
+
+
+def pivot_frame(stats: pd.DataFrame, rows: str, cols: str, as_text: bool = False) -> pd.DataFrame:
+    """The pivot as a flat table: a ROWS column, then per COLS value v the mean `<cols>=v` and, where cells
+    hold several seeds, `<cols>=v std`. as_text: `mean ± std` text cells instead, for the terminal."""
+    mean, std = stats["mean"].unstack(cols), stats["std"].unstack(cols)
+    table = pd.DataFrame({rows: mean.index})
+    for c in mean.columns:
+        name = f"{cols}={_text(c)}"
+        if as_text:
+            table[name] = [fmt(m) + ("" if pd.isna(s) else f" ± {fmt(s)}") for m, s in zip(mean[c], std[c])]
+            continue
+        table[name] = mean[c].to_numpy()
+        if stats["count"].max() > 1:
+            table[f"{name} std"] = std[c].to_numpy()
+    return table
+
+
+def _check_out(out: str | None) -> Path | None:
+    if out is None:
+        return None
+    kind = Path(out).suffix.lstrip(".").lower()
+    if kind not in FORMATS:
+        raise ReportError(f"--out {out}: unknown format {Path(out).suffix or '(no suffix)'}; "
+                          "name a .csv, .md or .parquet file")
+    if kind == "parquet":
+        try:
+            import pyarrow  # noqa: F401  (pandas writes parquet through it)
+        except ImportError:
+            raise ReportError(f"--out {out}: parquet needs pyarrow: pip install 'deeprun[parquet]'") from None
+    return Path(out)
+
+
+def write(table: pd.DataFrame, path: Path) -> None:
+    """`table` as csv, markdown or parquet by the suffix of `path`, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = path.suffix.lstrip(".").lower()
+    if kind == "csv":
+        write_table(path, table)
+    elif kind == "md":
+        write_atomic(path, lambda f: f.write(markdown(table)))
+    else:
+        write_atomic(path, lambda f: table.to_parquet(f, index=False), mode="wb")
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub markdown table: numbers right-aligned to 4 significant digits, missing values as -."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |\n"
+
+    rule = "|" + "|".join("---:" if table[c].dtype.kind in "iuf" else "---" for c in table.columns) + "|\n"
+    return line(table.columns) + rule + "".join(line(map(fmt, row)) for row in table.itertuples(index=False))
+
+
+# --- plots: matplotlib's Figure without pyplot renders PNGs on the Agg canvas, no display or global state ---
+
+def plots(frame: pd.DataFrame, plot_dir: Path, pivot: Sequence[str] | None = None,
+          stats: pd.DataFrame | None = None) -> list[Path]:
+    """Write loss.png, grad_norm.png and (with a pivot) the pivot's plot into plot_dir; their paths."""
+    runs, skipped = [], []
+    for _, row in frame.iterrows():
+        try:
+            _, epochs, layers = read_run(Path(row["run"]))
+        except (OSError, ValueError):  # a missing, torn or empty record (ValueError: pandas' EmptyDataError)
+            epochs = layers = pd.DataFrame()
+        (runs if len(epochs) and len(layers) else skipped).append((row, epochs, layers))
+    if skipped:
+        names = ", ".join(str(row["run"]) for row, _, _ in skipped)
+        print(f"deeprun-report: {len(skipped)} runs without records left out of the plots: {names}", file=sys.stderr)
+    figures = {}
+    if runs:
+        groups, subtitle = _groups(frame, runs), _subtitle(frame, len(runs))
+        figures["loss.png"] = _loss_figure(groups, subtitle)
+        figures["grad_norm.png"] = _grad_figure(groups, subtitle)
+    if pivot:
+        rows, cols, value = pivot
+        name = re.sub(r"[^\w.@=-]+", "_", f"pivot_{value}_by_{rows}_and_{cols}.png")
+        figures[name] = _pivot_figure(stats, rows, cols, value, lines=frame[rows].dtype.kind in "iuf")
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    for name, figure in figures.items():
+        write_atomic(plot_dir / name, functools.partial(figure.savefig, format="png", dpi=110), mode="wb")
+    return [plot_dir / name for name in figures]
+
+
+def _groups(frame: pd.DataFrame, runs: list) -> dict[str, list]:
+    """Runs by label, the values of the config columns that vary (`act=sigmoid depth=8`), at most MAX_GROUPS.
+    Seeds are left out, so the seeds of one config share a colour and a legend entry, and so is a column
+    that the others determine (init=auto's pick follows act)."""
+    varying = varying_columns(frame)
+    keys = [c for c in varying if c not in SEEDS] or varying
+    ran = pd.DataFrame([row for row, _, _ in runs])
+    for k in reversed(keys[1:]):
+        rest = [c for c in keys if c != k]
+        if (ran.groupby(rest, dropna=False)[k].nunique(dropna=False) <= 1).all():
+            keys = rest
+    groups: dict[str, list] = {}
+    for row, epochs, layers in runs:
+        label = " ".join(f"{k}={_text(row[k])}" for k in keys) or Path(row["run"]).name
+        groups.setdefault(label, []).append((epochs, layers))
+    if len(groups) > MAX_GROUPS:
+        print(f"deeprun-report: the plots show the first {MAX_GROUPS} of {len(groups)} configurations; "
+              "narrow them down with --filter", file=sys.stderr)
+    return {label + (f" ({len(runs)} runs)" if len(runs) > 1 else ""): runs
+            for label, runs in list(groups.items())[:MAX_GROUPS]}
+
+
+def _subtitle(frame: pd.DataFrame, n_runs: int) -> str:
+    """What all plotted runs share (`model=mlp width=8 lr=0.01`), so that a PNG explains itself."""
+    varying = varying_columns(frame)
+    shared = [f"{k}={_text(frame[k].iloc[0])}" for k in SHARED
+              if k in frame and k not in varying and frame[k].notna().all() and frame[k].nunique() == 1]
+    return f"{n_runs} runs; " + " ".join(shared)
+
+
+def _figure(ncols: int, width: float, subtitle: str = ""):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, 5.5), layout="constrained")
+    figure.suptitle(subtitle, x=0.01, ha="left", fontsize="small", color="dimgray")
+    return figure, figure.subplots(1, ncols, sharey=True, squeeze=False)[0]
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    return list(colormaps["tab10" if n <= 10 else "tab20"].colors)
+
+
+def _legend(figure, handles: list) -> None:
+    """Outside the axes on the right, in smaller type as entries grow."""
+    size = "medium" if len(handles) <= 8 else "small" if len(handles) <= 14 else "x-small"
+    figure.legend(handles=handles, loc="outside right upper", fontsize=size, frameon=False)
+
+
+def _log_if_wide(set_scale, values) -> None:
+    positive = [v for v in values if math.isfinite(v) and v > 0]
+    if positive and max(positive) >= WIDE * min(positive):
+        set_scale("log")
+
+
+def _loss_figure(groups: dict[str, list], subtitle: str):
+    from matplotlib.lines import Line2D
+
+    figure, (ax,) = _figure(1, 10, subtitle)
+    handles, values = [], []
+    for (label, runs), colour in zip(groups.items(), _colours(len(groups))):
+        for epochs, _ in runs:
+            ax.plot(epochs["epoch"], epochs["train_loss"], color=colour, lw=1.5)
+            ax.plot(epochs["epoch"], epochs["val_loss"], color=colour, lw=1.5, ls="--")
+            values += [*epochs["train_loss"], *epochs["val_loss"]]
+        handles.append(Line2D([], [], color=colour, lw=2, label=label))
+    handles += [Line2D([], [], color="k", label="train"), Line2D([], [], color="k", ls="--", label="validation")]
+    _log_if_wide(ax.set_yscale, values)
+    ax.set(xlabel="epoch (0 = at initialisation)", ylabel="loss", title="Loss: train (solid), validation (dashed)")
+    ax.grid(alpha=0.3, which="both")
+    _legend(figure, handles)
+    return figure
+
+
+def _grad_figure(groups: dict[str, list], subtitle: str):
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = _figure(2, 12, subtitle)
+    handles, ends = [], set()
+    for (label, runs), colour in zip(groups.items(), _colours(len(groups))):
+        for _, layers in runs:
+            ends.add(layers["epoch"].max())
+            for ax, epoch in zip(axes, (0, layers["epoch"].max())):
+                at = layers[layers["epoch"] == epoch].sort_values("layer")
+                ax.plot(at["layer"], at["grad_norm"], color=colour, marker="o", ms=3, lw=1.5)
+        handles.append(Line2D([], [], color=colour, marker="o", label=label))
+    end = f"epoch {ends.pop()}" if len(ends) == 1 else "last logged epoch"
+    for ax, when in zip(axes, ("at initialisation (epoch 0)", f"after training ({end})")):
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=f"Gradient norm per layer, {when}", xlabel="layer index (0 = first layer; last = output head)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("‖∂loss/∂W‖ of the layer's weight (log scale)")
+    _legend(figure, handles)
+    return figure
+
+
+def _pivot_figure(stats: pd.DataFrame, rows: str, cols: str, value: str, lines: bool):
+    """Lines of VALUE against ROWS, one per COLS value, when ROWS are numbers; else a heatmap."""
+    from matplotlib.colors import LogNorm
+
+    mean, std = stats["mean"].unstack(cols), stats["std"].unstack(cols)
+    repeats = stats["count"].max()
+    title = f"{value} by {rows} and {cols}" + (f" (mean ± std over {repeats} seeds)" if repeats > 1 else "")
+    figure, (ax,) = _figure(1, 8)
+    if lines:
+        for c, colour in zip(mean.columns, _colours(len(mean.columns))):
+            ax.errorbar(mean.index, mean[c], yerr=std[c] if repeats > 1 else None, color=colour, marker="o",
+                        capsize=3, label=f"{cols}={_text(c)}")
+        _log_if_wide(ax.set_xscale, mean.index.astype(float))
+        _log_if_wide(ax.set_yscale, mean.to_numpy(dtype=float).ravel())
+        ax.set(xlabel=rows, ylabel=value, title=title)
+        ax.grid(alpha=0.3, which="both")
+        _legend(figure, ax.get_legend_handles_labels()[0])
+        return figure
+    grid = mean.to_numpy(dtype=float)
+    finite = grid[np.isfinite(grid)]
+    wide = len(finite) and finite.min() > 0 and finite.max() >= WIDE * finite.min()
+    image = ax.imshow(grid, cmap="viridis", aspect="auto", norm=LogNorm() if wide else None)
+    ax.set_xticks(range(len(mean.columns)), labels=[_text(c) for c in mean.columns])
+    ax.set_yticks(range(len(mean.index)), labels=[_text(r) for r in mean.index])
+    for i, j in zip(*np.nonzero(np.isfinite(grid))):  # empty cells stay blank
+        m, s = grid[i, j], std.iat[i, j]
+        shade = "white" if image.norm(m) < 0.5 else "black"  # readable on viridis' dark and light ends
+        ax.text(j, i, fmt(m) + ("" if pd.isna(s) else f"\n± {fmt(s)}"), ha="center", va="center", color=shade)
+    ax.set(xlabel=cols, ylabel=rows, title=title)
+    figure.colorbar(image, ax=ax, label=value)
+    return figure
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""deeprun-report on real records: a 2x2 sweep (act x depth) over 2 seeds, written once per module through the
+Python API, plus a failed run and a run with a torn epochs.csv. Numbers are checked against the summaries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import DEEPRUN, tiny
+
+import deeprun
+from deeprun import report
+from deeprun.display import fmt
+
+ACTS, DEPTHS, SEEDS = ("relu", "sigmoid"), (2, 8), (0, 1)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> dict[str, Path]:
+    """sweep/: 8 completed runs (seed 001's setting, 5 epochs); broken/: a failed run and a torn one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 8-wide nets: one thread is fastest and immune to a busy machine
+    root = tmp_path_factory.mktemp("report")
+    for act in ACTS:
+        for depth in DEPTHS:
+            for seed in SEEDS:
+                cfg = tiny(f"act={act}", f"depth={depth}", f"seed={seed}", "epochs=5", "init=uniform",
+                           "optimizer=sgd", "lr=0.01")
+                deeprun.run(cfg, out_dir=root / "sweep" / f"{act}-d{depth}-s{seed}")
+    cfg = tiny()
+    cfg.lr = -1.0  # validated inside run(): a real `failed` record with header-only csv files
+    with pytest.raises(deeprun.ConfigError):
+        deeprun.run(cfg, out_dir=root / "broken" / "failed")
+    shutil.copytree(root / "sweep" / "relu-d2-s0", root / "broken" / "torn")
+    (root / "broken" / "torn" / "epochs.csv").write_text("")  # a torn write: empty file
+    (root / "broken" / "torn" / "layers.csv").unlink()
+    torch.set_num_threads(threads)
+    return {"sweep": root / "sweep", "broken": root / "broken", "root": root}
+
+
+def summary(records, act: str, depth: int, seed: int) -> dict:
+    return json.loads((records["sweep"] / f"{act}-d{depth}-s{seed}" / "summary.json").read_text())
+
+
+def run_report(capsys, *args) -> tuple[str, str]:
+    report.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_default_table_shows_varying_columns_and_metrics(records, capsys):
+    out, _ = run_report(capsys, records["sweep"])
+    header = next(line for line in out.splitlines() if "final_train_loss" in line)
+    for column in ("act", "depth", "seed", "status", "grad_norm_first"):
+        assert column in header
+    assert "lr" not in header.split() and "width" not in header  # the same in every run
+    assert "8 runs under" in out
+    assert out.count("completed") == 8
+
+
+def test_filter_and_sort_written_as_csv(records, capsys, tmp_path):
+    out_file = tmp_path / "t.csv"
+    run_report(capsys, records["sweep"], records["broken"], "--filter", "act=sigmoid", "--filter", "depth=8",
+               "--sort=-final_train_loss", "--out", out_file)
+    table = pd.read_csv(out_file)
+    assert set(table.act) == {"sigmoid"} and set(table.depth) == {8} and sorted(table.seed) == [0, 1]
+    assert list(table.final_train_loss) == sorted(table.final_train_loss, reverse=True)
+    for _, row in table.iterrows():
+        assert row.final_train_loss == pytest.approx(summary(records, "sigmoid", 8, row.seed)["final_train_loss"])
+
+
+def test_filter_compares_as_the_column_type(records, capsys, tmp_path):
+    out_file = tmp_path / "t.csv"
+    run_report(capsys, records["sweep"], records["broken"] / "failed", "--filter", "status=completed",
+               "--filter", "error=null", "--filter", "lr=0.01", "--filter", "depth=2.0",
+               "--columns", "act,depth,seed,status", "--sort", "act,-seed", "--out", out_file)
+    table = pd.read_csv(out_file)
+    assert list(table.columns) == ["act", "depth", "seed", "status"]
+    assert list(zip(table.act, table.seed)) == [("relu", 1), ("relu", 0), ("sigmoid", 1), ("sigmoid", 0)]
+    assert set(table.status) == {"completed"} and set(table.depth) == {2}
+
+
+def test_markdown_rows(records, capsys, tmp_path):
+    out_file = tmp_path / "t.md"
+    run_report(capsys, records["sweep"], "--columns", "act,depth,seed,final_val_loss", "--sort", "act,depth,seed",
+               "--out", out_file)
+    lines = out_file.read_text().splitlines()
+    assert lines[0] == "| act | depth | seed | final_val_loss |"
+    assert lines[1] == "|---|---:|---:|---:|"
+    assert len(lines) == 2 + 8
+    first = summary(records, "relu", 2, 0)["final_val_loss"]
+    assert lines[2] == f"| relu | 2 | 0 | {fmt(first)} |"
+
+
+def test_parquet_matches_csv(records, capsys, tmp_path):
+    run_report(capsys, records["sweep"], "--out", tmp_path / "t.parquet")
+    run_report(capsys, records["sweep"], "--out", tmp_path / "t.csv")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), pd.read_csv(tmp_path / "t.csv"),
+                                  check_dtype=False)
+
+
+def test_pivot_one_seed_equals_summaries(records, capsys, tmp_path):
+    out_file = tmp_path / "p.csv"
+    out, _ = run_report(capsys, records["sweep"], "--filter", "seed=0", "--pivot", "depth", "act", "final_train_loss",
+                        "--out", out_file)
+    table = pd.read_csv(out_file).set_index("depth")
+    assert list(table.columns) == ["act=relu", "act=sigmoid"]  # one run per cell: no std columns
+    for act in ACTS:
+        for depth in DEPTHS:
+            assert table.loc[depth, f"act={act}"] == pytest.approx(summary(records, act, depth, 0)["final_train_loss"])
+    assert "±" not in out
+
+
+def test_pivot_mean_and_std_over_seeds(records, capsys, tmp_path):
+    out_file = tmp_path / "p.csv"
+    out, _ = run_report(capsys, records["sweep"], records["broken"] / "failed", "--pivot", "depth", "act",
+                        "grad_norm_first", "--out", out_file)
+    table = pd.read_csv(out_file).set_index("depth")
+    assert list(table.columns) == ["act=relu", "act=relu std", "act=sigmoid", "act=sigmoid std"]
+    for act in ACTS:
+        for depth in DEPTHS:  # the failed run (relu, depth 2) has no value and does not count
+            values = [summary(records, act, depth, seed)["grad_norm_first"] for seed in SEEDS]
+            assert table.loc[depth, f"act={act}"] == pytest.approx(statistics.mean(values))
+            assert table.loc[depth, f"act={act} std"] == pytest.approx(statistics.stdev(values))
+    values = [summary(records, "sigmoid", 8, seed)["grad_norm_first"] for seed in SEEDS]
+    assert f"{fmt(statistics.mean(values))} ± {fmt(statistics.stdev(values))}" in out
+    assert "mean ± std over 2 seeds" in out
+
+
+def test_plots_are_pngs_and_skip_runs_without_records(records, capsys, tmp_path):
+    out, err = run_report(capsys, records["sweep"], records["broken"], "--pivot", "depth", "act", "final_train_loss",
+                          "--plot", tmp_path / "plots")
+    names = ["loss.png", "grad_norm.png", "pivot_final_train_loss_by_depth_and_act.png"]
+    for name in names:
+        path = tmp_path / "plots" / name
+        assert f"wrote {path}" in out
+        assert path.read_bytes()[:8] == PNG
+        import matplotlib.image
+
+        height, width, channels = matplotlib.image.imread(path).shape
+        assert 400 <= height <= width <= 2000 and channels in (3, 4)
+    assert "2 runs without records left out of the plots" in err
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(names)  # no temporary files left
+
+
+def test_pivot_of_named_rows_is_a_heatmap_png(records, capsys, tmp_path):
+    run_report(capsys, records["sweep"], "--pivot", "act", "depth", "grad_norm_first", "--plot", tmp_path)
+    assert (tmp_path / "pivot_grad_norm_first_by_act_and_depth.png").read_bytes()[:8] == PNG
+
+
+def test_plot_labels_are_the_varying_config_without_seeds(records):
+    frame = report.load([str(records["sweep"])])
+    runs = [(row, pd.DataFrame({"epoch": [0]}), pd.DataFrame({"epoch": [0]})) for _, row in frame.iterrows()]
+    assert list(report._groups(frame, runs)) == [f"depth={d} act={a} (2 runs)" for a in ACTS for d in DEPTHS]
+
+
+ERRORS = {
+    "missing path": (["{sweep}/nope"], "PATH {sweep}/nope: no such directory"),
+    "no runs": (["{root}/empty"], "no runs under {root}/empty"),
+    "unknown --columns": (["{sweep}", "--columns", "act,final_los"], "--columns: no column 'final_los'; did you mean"),
+    "unknown --sort": (["{sweep}", "--sort=-nope"], "--sort: no column 'nope'; columns here include depth, act, seed"),
+    "unknown --filter key": (["{sweep}", "--filter", "dept=8"], "--filter: no column 'dept'; did you mean depth"),
+    "malformed --filter": (["{sweep}", "--filter", "depth8"], "--filter depth8: expected KEY=VALUE"),
+    "--filter no match": (["{sweep}", "--filter", "depth=3"], "depth=3: no run matches; depth here is one of: 2, 8"),
+    "--filter not a number": (["{sweep}", "--filter", "depth=deep"], "--filter depth=deep: depth holds numbers"),
+    "unknown --pivot": (["{sweep}", "--pivot", "depth", "actt", "final_train_loss"], "--pivot: no column 'actt'"),
+    "--pivot VALUE text": (["{sweep}", "--pivot", "depth", "act", "status"], "VALUE status has no numbers"),
+    "--pivot mixed cells": (["{sweep}", "--pivot", "depth", "seed", "final_train_loss"], "differ in act, not only"),
+    "--pivot two args": (["{sweep}", "--pivot", "depth", "act"], "argument --pivot: expected 3 arguments"),
+    "--out unwritable": (["{sweep}", "--out", "{sweep}/relu-d2-s0/summary.json/t.md"], "t.md: cannot write"),
+    "--out suffix": (["{sweep}", "--out", "t.xlsx"], "--out t.xlsx: unknown format .xlsx; name a .csv, .md or"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_bad_input_is_one_line_and_status_2(records, capsys, case):
+    (records["root"] / "empty").mkdir(exist_ok=True)
+    args, expected = ERRORS[case]
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([a.format(**records) for a in args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("deeprun-report: error: ")
+    assert expected.format(**records) in err
+
+
+def test_parquet_without_pyarrow_says_what_to_install(records, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    with pytest.raises(SystemExit):
+        report.main([str(records["sweep"]), "--out", "t.parquet"])
+    assert "pip install 'deeprun[parquet]'" in capsys.readouterr().err
+
+
+def test_help_documents_every_option_with_an_example(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in report._parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.option_strings[0] in text and "e.g. " in action.help
+
+
+def test_console_script_reads_records_without_torch(records, tmp_path):
+    """The whole report, plots included, as a user runs it; torch is never imported."""
+    args = [str(records["sweep"]), "--pivot", "depth", "act", "final_train_loss", "--plot", str(tmp_path)]
+    code = f"import sys; from deeprun.report import main; main({args!r}); print('torch:', 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "torch: False" in done.stdout and "wrote" in done.stdout
+    bad = subprocess.run([str(DEEPRUN.with_name("deeprun-report")), str(tmp_path / "nope")], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
