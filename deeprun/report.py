@@ -19,10 +19,10 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
-from .cli import USAGE_ERROR
 from .display import default_columns, fmt, print_results, varying_columns
 from .records import read_run, results_frame, write_atomic, write_table
 
+USAGE_ERROR = 2  # as `deeprun`: a user's mistake
 FORMATS = ("csv", "md", "parquet")
 SEEDS = ("seed", "data.seed")  # the columns a pivot cell may average over
 MAX_GROUPS = 20  # configurations per plot: beyond this, lines and legend stop being readable
