@@ -79,7 +79,7 @@ def _sweep_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
             raise sweep.JobFailed(f"job {num} failed and strict=true: sweep stopped") from e
         return float(cfg.penalty)
     finally:
-        sweep.write_results(top)
+        sweep.add_result(top, out)
     value = sweep.objective(cfg, summary)
     print(f"deeprun: job {num} {summary['status']}, {cfg.objective} {value:.4g} ({out.name})", file=sys.stderr)
     return value

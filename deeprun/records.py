@@ -149,7 +149,7 @@ def missed_expectation(expect: DictConfig, summary: dict) -> str | None:
     return None
 
 
-def _natural(path: Path) -> list:
+def natural_key(path: str | Path) -> list:
     """Sort key: job 10 after job 9."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
@@ -158,7 +158,7 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     """Run directories (those holding a summary.json) at or under each path, in natural order."""
     found: dict[Path, None] = {}
     for path in map(Path, paths):
-        for summary in sorted(path.rglob(SUMMARY), key=_natural) if path.is_dir() else []:
+        for summary in sorted(path.rglob(SUMMARY), key=natural_key) if path.is_dir() else []:
             found[summary.parent] = None
     return list(found)
 

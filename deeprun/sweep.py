@@ -121,13 +121,34 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 def write_results(directory: Path):
-    """Rebuild `directory`/results.csv from its job records; the table as a DataFrame."""
+    """Rebuild `directory`/results.csv from all its job records; the table as a DataFrame."""
     from .records import RESULTS, results_frame, write_table
 
     with _locked(directory):
         frame = results_frame([directory], relative_to=directory)
         write_table(directory / RESULTS, frame)
     return frame
+
+
+def add_result(directory: Path, run_dir: Path) -> None:
+    """Put one job's row into `directory`/results.csv (replacing an older row of the same job
+    directory): a job reads one table, not every record of the sweep, so a long sweep stays cheap."""
+    import pandas as pd
+
+    from .records import RESULTS, natural_key, results_frame, write_table
+
+    with _locked(directory):
+        row = results_frame([run_dir], relative_to=directory)
+        if row.empty:  # the job left no record (its directory could not be written)
+            return
+        path = directory / RESULTS
+        if path.exists():
+            table = pd.read_csv(path)
+            table = pd.concat([table[table["run"] != row["run"].iloc[0]], row], ignore_index=True)
+            table = table.iloc[sorted(range(len(table)), key=lambda i: natural_key(table["run"].iloc[i]))]
+        else:
+            table = row
+        write_table(path, table)
 
 
 def finish(directory: Path) -> int:
