@@ -46,9 +46,9 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
     history = History(metric="", layer_names=[])
     row = config_row(cfg, cfg.init.name, cfg.device.name)
     status, error, model = "running", None, None
-    if out is not None:
-        write_summary(out, {**row, "status": status})
-    try:
+    try:  # from the first write on: a Ctrl-C at any point leaves `interrupted`, never a stale `running`
+        if out is not None:
+            write_summary(out, {**row, "status": status})
         validate(cfg)  # inside: in a sweep, a bad value is that job's `failed` record
         row["init"] = resolve_init(cfg.init, cfg.act)
         device = resolve_device(cfg.device.name, job if cfg.device.spread else None)

@@ -80,9 +80,10 @@ def _sweep_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
         return float(cfg.penalty)
     finally:
         sweep.add_result(top, out)
-    value = sweep.objective(cfg, summary)
-    print(f"deeprun: job {num} {summary['status']}, {cfg.objective} {value:.4g} ({out.name})", file=sys.stderr)
-    return value
+    shown = summary.get(cfg.objective)  # the run's own number; a sweeper gets the penalty for a diverged job
+    shown = f"{shown:.4g}" if isinstance(shown, float) else shown
+    print(f"deeprun: job {num} {summary['status']}, {cfg.objective} {shown} ({out.name})", file=sys.stderr)
+    return sweep.objective(cfg, summary)
 
 
 def main() -> None:

@@ -29,11 +29,16 @@ FINISHED = ("completed", "diverged")  # a run with one of these statuses has its
 RUNTIME_KEYS = ("resume", "strict", "expect", "log.progress")
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+
+
 def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Call write(file) on a temporary file next to `path`, then rename it into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; records are for lab mates to read too
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

@@ -105,7 +105,7 @@ def report(paths: Sequence[str], columns: str | None = None, sort: str | None = 
              else default_columns(everything))
     kept = f"{len(frame)} of {len(everything)}" if len(frame) < len(everything) else str(len(frame))
     stats = pivot_stats(frame, *pivot) if pivot else None
-    print_results(frame, shown, title=f"{kept} runs under {', '.join(paths)}")
+    print_results(frame, shown, title=f"{kept} run{'' if kept == 1 else 's'} under {', '.join(paths)}")
     table = frame[shown]
     if pivot:
         rows, cols, value = pivot

@@ -347,3 +347,15 @@ def test_device_spread_puts_job_k_on_gpu_k_mod_count(monkeypatch):
     assert str(resolve_device("auto", 3)) == "cuda:1"
     assert str(resolve_device("cuda")) == "cuda"
     assert str(resolve_device("cpu", 3)) == "cpu"
+
+
+def test_records_are_readable_by_others_as_the_umask_allows(tmp_path):
+    """mkstemp creates owner-only files; records are meant for lab mates and shared clusters."""
+    from deeprun.records import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "x.json", lambda f: f.write("{}"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~0o022
