@@ -7,7 +7,6 @@ missing file) ends in one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -58,16 +57,16 @@ def _app(cfg: DictConfig) -> Optional[float]:
 def _sweep_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
     """One job of a sweep: runs and records itself, never raises (unless strict=true), and returns
     the objective for a sweeper such as Optuna."""
-    from .records import SUMMARY, config_key
+    from .records import config_key
 
     out, top, num = Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.sweep.dir), hydra_cfg.job.num
-    if cfg.resume:
-        done = sweep.finished_run(top, config_key(cfg))
-        if done is not None:
-            if done != out:
-                _discard_unused(out)
-            print(f"deeprun: job {num} skipped: finished before, in {done}", file=sys.stderr)
-            return sweep.objective(cfg, json.loads((done / SUMMARY).read_text()))
+    finished = sweep.finished_run(top, config_key(cfg)) if cfg.resume else None
+    if finished is not None:
+        done, summary = finished
+        if done != out:
+            _discard_unused(out)
+        print(f"deeprun: job {num} skipped: finished before, in {done}", file=sys.stderr)
+        return sweep.objective(cfg, summary)
     from .api import run
 
     try:
@@ -77,7 +76,7 @@ def _sweep_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
         print(f"deeprun: job {num} failed: {why} ({out.name})", file=sys.stderr)
         if cfg.strict:
             raise sweep.JobFailed(f"job {num} failed and strict=true: sweep stopped") from e
-        return float(cfg.penalty)
+        return sweep.objective(cfg, {"status": "failed"})
     finally:
         sweep.add_result(top, out)
     shown = summary.get(cfg.objective)  # the run's own number; a sweeper gets the penalty for a diverged job

@@ -84,15 +84,16 @@ def job_threads(hydra_cfg: DictConfig) -> Optional[int]:
     return None
 
 
-def finished_run(directory: Path, key: str) -> Optional[Path]:
-    """A run under `directory` with config_key `key` and a finished record (completed or diverged)."""
+def finished_run(directory: Path, key: str) -> Optional[tuple[Path, dict]]:
+    """(run directory, summary) of a run under `directory` with config_key `key` and a finished
+    record (completed or diverged); None if there is none."""
     from .records import FINISHED, SUMMARY, find_runs
 
     for run in find_runs([directory]):
         with contextlib.suppress(OSError, ValueError):
             summary = json.loads((run / SUMMARY).read_text())
             if summary.get("config_key") == key and summary.get("status") in FINISHED:
-                return run
+                return run, summary
     return None
 
 
