@@ -20,6 +20,8 @@ from torch import nn
 
 from .models import WEIGHT_LAYERS
 from .records import LAYER_COLUMNS
+
+FLAT_LIMIT = 1 << 20  # weights up to which Probes keep W_before in two flat rows (see __init__)
 RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.ReLU6, nn.PReLU, nn.CELU, nn.RReLU)
 ACTIVATION_MODULES = (*RELU_FAMILY, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
 
@@ -57,10 +59,21 @@ class Probes:
         all_acts = [m for m in model.modules() if isinstance(m, ACTIVATION_MODULES)]
         flat = isinstance(model, nn.Sequential) and sum(isinstance(c, ACTIVATION_MODULES) for c in model) == len(all_acts)
         self._flat = [(m, isinstance(m, ACTIVATION_MODULES)) for m in model] if flat else None
-        self.grad_sum: list[torch.Tensor] | None = None  # per layer, summed over the epoch's steps
+        self.grad_sum: torch.Tensor | None = None  # (L,) per layer, summed over the epoch's steps
         self.steps = 0
-        self.before: list[torch.Tensor] = []  # the weights at the start of the epoch (spent by collect)
-        self.before_norms: list[torch.Tensor] = []  # their norms
+        # W_before lives in one flat buffer. On a small net every kernel launch counts: one copy, one
+        # subtraction and one segment sum then replace a kernel per layer (seed 001's model D: a
+        # tenth of its epoch). A big net keeps per-layer norms (the segment sum is slower on
+        # millions of weights) and a single row (no second copy of its weights).
+        sizes = [w.numel() for w in self.weights]
+        small = sum(sizes) <= FLAT_LIMIT and all(w.is_contiguous() for w in self.weights)
+        self._buffer = torch.empty((2 if small else 1, sum(sizes)), device=device)
+        self._views = [w.detach().view(-1) for w in self.weights] if small else None  # optimisers step in place
+        self._segment = torch.repeat_interleave(torch.arange(len(sizes), device=device),
+                                                torch.tensor(sizes, device=device)) if small else None
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.before = [self._buffer[0].narrow(0, o, w.numel()).view_as(w) for o, w in zip(starts, self.weights)]  # row 0
+        self.before_norms: torch.Tensor | None = None  # (L,) ||W_before||
         self._versions: list[int] = []  # the weights' version counters when before_norms was last right
 
     @torch.no_grad()
@@ -98,24 +111,33 @@ class Probes:
     def start_epoch(self) -> None:
         self.grad_sum, self.steps = None, 0
         with torch.no_grad():
-            if not self.before:
-                self.before = [w.detach().clone() for w in self.weights]
             # ||W_before||: the last collect's ||W_after|| when no weight has changed since (probes
             # every epoch), which saves a norm per layer; else measured now
             versions = [w._version for w in self.weights]
             if versions != self._versions:
-                self.before_norms = list(torch._foreach_norm(self.weights))
-            torch._foreach_copy_(self.before, self.weights)  # into the same buffers every epoch: no allocation
+                self.before_norms = torch.stack(torch._foreach_norm(self.weights))
+            if self._views is not None:
+                torch.cat(self._views, out=self._buffer[0])
+            else:
+                torch._foreach_copy_(self.before, self.weights)
 
     def after_backward(self) -> None:
         grads = [w.grad if w.grad is not None else self._zero for w in self.weights]
         with torch.no_grad():
-            norms = torch._foreach_norm(grads)
-            if self.grad_sum is None:
-                self.grad_sum = list(norms)
-            else:
-                torch._foreach_add_(self.grad_sum, norms)
+            norms = torch.stack(torch._foreach_norm(grads))
+            self.grad_sum = norms if self.grad_sum is None else self.grad_sum.add_(norms)
         self.steps += 1
+
+    def _update_norms(self) -> torch.Tensor:
+        """(2, L): ||W_after - W_before|| and ||W_after|| per layer; spends W_before."""
+        if self._views is None:
+            torch._foreach_sub_(self.before, self.weights)
+            return torch.stack(torch._foreach_norm([*self.before, *self.weights])).view(2, -1)
+        before, after = self._buffer
+        torch.cat(self._views, out=after)
+        before.sub_(after)
+        squares = self._buffer.square_()
+        return torch.zeros((2, len(self.weights)), device=squares.device).index_add_(1, self._segment, squares).sqrt_()
 
     # --- activations -------------------------------------------------------------
 
@@ -159,57 +181,69 @@ class Probes:
         """Every raw number of the epoch, as 1-d device tensors to concatenate with the caller's
         own and read in one sync; `finish` turns them into rows.
 
-        Layout: grad norm sums (L), ||W_after - W_before|| (L), ||W_before|| (L), ||W_after|| (L),
-        then per group of stacked activations: sum (G), root of the sum of squares (G), each unit's maximum (G x C)
-        and, where the group has tanh or sigmoid layers, tail counts (G).
+        Layout: grad norm sums (L), ||W_after - W_before|| (L), ||W_after|| (L), ||W_before|| (L),
+        then per group of same-shaped activations, `_activation_stats`.
         """
         with torch.no_grad():
-            grads = self.grad_sum if self.grad_sum is not None else [self.nan] * len(self.weights)
-            torch._foreach_sub_(self.before, self.weights)  # in place: no second copy of the weights
-            norms = torch._foreach_norm([*self.before, *self.weights])  # ||W_after - W_before||, ||W_after||
-            after = norms[len(self.weights):]
-            parts = [torch.stack([*grads, *norms[:len(self.weights)], *self.before_norms, *after])]
-            self.before_norms, self._versions = after, [w._version for w in self.weights]
+            grads = self.grad_sum if self.grad_sum is not None else self.nan.expand(len(self.weights))
+            norms = self._update_norms()
+            parts = [grads, norms.view(-1), self.before_norms]
+            self.before_norms, self._versions = norms[1], [w._version for w in self.weights]
             self._shapes = tuple(a.shape for a in self._kept())
             for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
-                s = torch.stack([self._captured[self.act_keep[i]] for i in idx])
-                s = s.flatten(3) if s.dim() > 3 else s[..., None]  # (G, N, C, spatial): a unit is a feature or a channel map
-                flat = s.view(len(idx), -1)
-                # sum and root of the sum of squares: the host makes mean and std of them; two plain
-                # reductions cost a tenth of torch.std_mean's kernel on small tensors
-                parts += [flat.sum(1), torch.linalg.vector_norm(flat, dim=1),
-                          s.amax(dim=(1, 3)).flatten()]  # each unit's maximum; the host counts those <= 0
-                if tanh:
-                    parts.append((s.abs() > 0.99).sum((1, 2, 3)))
-                if sigmoid:
-                    parts.append(((s < 0.01) | (s > 0.99)).sum((1, 2, 3)))
+                parts += self._activation_stats([self._captured[self.act_keep[i]] for i in idx], tanh, sigmoid)
             return parts
+
+    @staticmethod
+    def _activation_stats(acts: list[torch.Tensor], tanh: bool, sigmoid: bool) -> list[torch.Tensor]:
+        """For G same-shaped activations (N, C, ...): sum (G), root of the sum of squares (G) (the
+        host makes mean and std of them: two plain reductions cost a tenth of std_mean on small
+        tensors), each unit's evidence of life (G x C, zero when never positive on any sample;
+        a unit is a feature or a channel map) and, for tanh / sigmoid layers, tail counts (G)."""
+        if len(acts) * acts[0].numel() <= FLAT_LIMIT:  # small: one kernel each for the whole group
+            s = torch.stack(acts)
+            s = s.flatten(3) if s.dim() > 3 else s[..., None]  # (G, N, C, spatial)
+            flat = s.view(len(acts), -1)
+            parts = [flat.sum(1), torch.linalg.vector_norm(flat, dim=1),
+                     s.clamp(min=0).sum((1, 3)).flatten()]  # sum of the positive parts: a third of amax's cost here
+            if tanh:
+                parts.append((s.abs() > 0.99).sum((1, 2, 3)))
+            if sigmoid:
+                parts.append(((s < 0.01) | (s > 0.99)).sum((1, 2, 3)))
+            return parts
+        # big: a stacked copy would cost more than a kernel per layer (page faults on a fresh buffer)
+        units = [0, *range(2, acts[0].dim())]  # reduce over samples and positions
+        parts = [torch.stack([a.sum() for a in acts]), torch.stack(torch._foreach_norm(acts)),
+                 torch.cat([a.amax(units).clamp_(min=0) for a in acts])]  # the maximum, no temporary copy
+        if tanh:
+            parts.append(torch.stack([(a.abs() > 0.99).sum() for a in acts]))
+        if sigmoid:
+            parts.append(torch.stack([((a < 0.01) | (a > 0.99)).sum() for a in acts]))
+        return parts
 
     def finish(self, raw: list[float], updated: bool = True) -> list[list[float]]:
         """Host side of `collect`: one row of LAYER_COLUMNS per layer."""
         n, nan = len(self.weights), math.nan
         steps = self.steps or 1
-        rows = [[raw[i] / steps, raw[3 * n + i], raw[n + i] / raw[2 * n + i] if updated and raw[2 * n + i] else nan,
+        rows = [[raw[i] / steps, raw[2 * n + i], raw[n + i] / raw[3 * n + i] if updated and raw[3 * n + i] else nan,
                  nan, nan, nan, nan] for i in range(n)]
         k = 4 * n
         for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
-            g, units, n = len(idx), self._shapes[idx[0]][1], math.prod(self._shapes[idx[0]])
-            sums, roots = raw[k:k + g], raw[k + g:k + 2 * g]
-            mean = [t / n for t in sums]
-            std = [math.sqrt(max(r * r - t * t / n, 0.0) / (n - 1)) if n > 1 else nan for t, r in zip(sums, roots)]
-            maxima = raw[k + 2 * g:k + 2 * g + g * units]
+            g, units, n = len(idx), self._shapes[idx[0]][1], math.prod(self._shapes[idx[0]])  # a group shares a shape
+            sums, roots, positive = raw[k:k + g], raw[k + g:k + 2 * g], raw[k + 2 * g:k + 2 * g + g * units]
             k += 2 * g + g * units
             tails = {}
             for kind, present in (("tanh", tanh), ("sigmoid", sigmoid)):
                 if present:
                     tails[kind], k = raw[k:k + g], k + g
             for j, a in enumerate(idx):
-                kind, pairs = self.act_kinds[a], math.prod(self._shapes[a])
-                row = rows[self.act_layer[a]]
-                row[3:5] = mean[j], std[j]
-                dead = sum(m <= 0 for m in maxima[j * units:(j + 1) * units])  # never positive on any sample
-                row[5] = dead / units if kind == "dead" else nan
-                row[6] = tails[kind][j] / pairs if kind in tails else nan
+                row, kind, t, r = rows[self.act_layer[a]], self.act_kinds[a], sums[j], roots[j]
+                row[3] = t / n
+                row[4] = math.sqrt(max(r * r - t * t / n, 0.0) / (n - 1)) if n > 1 else nan
+                if kind == "dead":  # units whose positive parts sum to zero: never positive on any sample
+                    row[5] = positive[j * units:(j + 1) * units].count(0.0) / units
+                if kind in tails:
+                    row[6] = tails[kind][j] / n
         return rows
 
     def read(self, updated: bool = True) -> list[dict]:

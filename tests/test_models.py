@@ -21,7 +21,7 @@ from torch import nn
 import deeprun
 from deeprun import config, models
 from deeprun.config import ConfigError
-from deeprun.train import build_optimizer
+from deeprun.train import OPTIMIZERS, build_optimizer
 
 from conftest import ROOT, tiny
 
@@ -298,6 +298,28 @@ def test_optimizer_keys_reach_torch():
     cfg = cpu("optimizer=rmsprop", "optimizer.alpha=0.9", "optimizer.momentum=0.5")
     group = build_optimizer(cfg, nn.Linear(2, 2)).param_groups[0]
     assert (group["alpha"], group["momentum"]) == (0.9, 0.5)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_optimizers_step_with_foreach_kernels_and_match_torchs_default_loop(name):
+    """deeprun asks for the foreach implementation (torch's default off CUDA is a loop per
+    parameter); the two must train alike."""
+    cfg = cpu(f"optimizer={name}", "lr=0.01", *(["optimizer.momentum=0.9"] if name in ("sgd", "rmsprop") else []))
+    ours, theirs = nn.Linear(4, 3), nn.Linear(4, 3)
+    theirs.load_state_dict(ours.state_dict())
+    opt = build_optimizer(cfg, ours)
+    assert opt.defaults["foreach"] is True
+    settings = {k: v for k, v in opt.defaults.items() if k != "decoupled_weight_decay"}  # AdamW sets it itself
+    ref = type(opt)(theirs.parameters(), **{**settings, "foreach": False})
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    for _ in range(5):
+        for model, o in ((ours, opt), (theirs, ref)):
+            o.zero_grad()
+            model(x).pow(2).mean().backward()
+            o.step()
+    assert not torch.equal(ours.weight, nn.Linear(4, 3).weight)  # the steps moved the weights
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_nesterov_without_momentum_is_a_config_error():

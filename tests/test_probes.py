@@ -73,6 +73,44 @@ def test_layer_columns():
 
 # --- gradients, weights, updates ----------------------------------------------------------
 
+@pytest.fixture(params=["flat", "per_layer"])
+def layout(request, monkeypatch):
+    """Both ways Probes work: small nets (one flat buffer of weights, stacked activations) and
+    big ones (per-layer norms and reductions)."""
+    if request.param == "per_layer":
+        monkeypatch.setattr("deeprun.probes.FLAT_LIMIT", 0)
+    return request.param
+
+
+def test_the_layout_follows_the_size(layout):
+    assert (Probes(mlp(), batch())._views is not None) == (layout == "flat")
+
+
+@pytest.mark.usefixtures("layout")
+def test_consecutive_epochs_and_weights_changed_between_them():
+    """||W_before|| is the last epoch's ||W_after|| when nothing moved the weights since, and
+    measured afresh when something did (a step outside the probed epochs)."""
+    model, x = mlp(), batch()
+    probes = Probes(model, x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in range(4):
+        if epoch == 2:  # an unprobed step between epochs 1 and 2
+            opt.zero_grad()
+            loss_of(model, batch(seed=9)).backward()
+            opt.step()
+        probes.start_epoch()
+        before = [m.weight.detach().clone() for m in layers_of(model)]
+        opt.zero_grad()
+        loss_of(model, batch(seed=epoch)).backward()
+        probes.after_backward()
+        opt.step()
+        out = read(probes)
+        after = [m.weight.detach() for m in layers_of(model)]
+        assert close(out[:, WEIGHT], [w.norm() for w in after]), epoch
+        assert close(out[:, RATIO], [((a - b).norm() / b.norm()).item() for a, b in zip(after, before)]), epoch
+
+
+@pytest.mark.usefixtures("layout")
 def test_grad_weight_and_update_norms_of_one_sgd_step():
     model, x = mlp(), batch()
     probes = Probes(model, x)
@@ -95,6 +133,7 @@ def test_grad_weight_and_update_norms_of_one_sgd_step():
     assert all(r > 0 for r in ratios)
 
 
+@pytest.mark.usefixtures("layout")
 def test_grad_norm_is_the_mean_over_the_epochs_steps():
     model = mlp()
     x1, x2 = batch(seed=1), batch(seed=2)
@@ -119,6 +158,7 @@ def test_grad_norm_is_the_mean_over_the_epochs_steps():
     assert close(read(probes)[:, GRAD], norms[0])
 
 
+@pytest.mark.usefixtures("layout")
 def test_update_ratio_spans_the_whole_epoch():
     model, x = mlp(), batch()
     probes = Probes(model, x)
@@ -135,6 +175,7 @@ def test_update_ratio_spans_the_whole_epoch():
     assert close(out[:, RATIO], [((a - b).norm() / b.norm()).item() for a, b in zip(after, before)])
 
 
+@pytest.mark.usefixtures("layout")
 def test_no_update_gives_nan_update_ratio():
     model, x = mlp(), batch()
     probes = Probes(model, x)
@@ -184,6 +225,7 @@ def dead_units(a: torch.Tensor) -> float:
     return sum(1 for j in range(a.shape[1]) if all(a[i, j] <= 0 for i in range(a.shape[0]))) / a.shape[1]
 
 
+@pytest.mark.usefixtures("layout")
 def test_dead_frac_counts_units_never_positive():
     model, x = mlp(nn.ReLU), batch(64)
     fc0, fc1 = model[0], model[2]
@@ -208,6 +250,7 @@ def test_dead_frac_counts_units_never_positive():
     assert torch.isnan(act[2, MEAN:]).all()  # head
 
 
+@pytest.mark.usefixtures("layout")
 def test_tanh_saturation_is_the_share_of_pairs_beyond_099():
     model, x = mlp(nn.Tanh), batch(64)
     with torch.no_grad():
@@ -226,6 +269,7 @@ def test_tanh_saturation_is_the_share_of_pairs_beyond_099():
     assert torch.isnan(act[2, MEAN:]).all()
 
 
+@pytest.mark.usefixtures("layout")
 def test_sigmoid_saturation_counts_both_tails():
     model, x = mlp(nn.Sigmoid), batch(64)
     with torch.no_grad():
@@ -261,6 +305,7 @@ class MixedActs(nn.Module):
         return self.head(self.sigmoid(self.fc2(self.tanh(self.fc1(self.relu(self.fc0(x)))))))
 
 
+@pytest.mark.usefixtures("layout")
 def test_each_layer_gets_the_rule_of_its_own_activation():
     model, x = MixedActs(), batch(64)
     probes = Probes(model, x)
@@ -295,6 +340,7 @@ class SharedAct(nn.Module):
         return self.out(x)
 
 
+@pytest.mark.usefixtures("layout")
 def test_a_shared_activation_module_still_gives_per_layer_stats():
     model, x = SharedAct(), batch(64)
     probes = Probes(model, x)
@@ -312,6 +358,7 @@ def test_a_shared_activation_module_still_gives_per_layer_stats():
     assert torch.isnan(act[3, MEAN:]).all()
 
 
+@pytest.mark.usefixtures("layout")
 def test_conv_units_are_channel_maps():
     torch.manual_seed(5)
     conv = nn.Conv2d(1, 4, 3, padding=1)

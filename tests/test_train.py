@@ -1,7 +1,7 @@
 """The training loop against a hand-written PyTorch loop, and the records a run leaves behind.
 
 Conventions checked here (DESIGN.md and deeprun/train.py): epoch 0 is the model
-at initialisation (the first batch's loss and gradient, no step); epoch e >= 1 records the mean training loss of its steps,
+at initialisation (epoch 1's first batch's loss and gradient, no step; epoch 1 steps with that gradient); epoch e >= 1 records the mean training loss of its steps,
 weighted by batch size; minibatches follow torch.randperm(n) of a generator
 seeded with cfg.seed, one permutation per epoch, and a trailing batch of one
 joins the one before; loss@<e> is epoch e's training loss; a NaN/Inf loss stops
@@ -84,9 +84,9 @@ def test_loss_curve_equals_a_hand_written_loop(batch_size):
     assert result.summary["status"] == "completed"
 
     x, y, n = data.x_train, data.y_train, len(data.x_train)
-    with torch.no_grad():  # epoch 0 probes the first batch (in data order) without a step
-        first = x if batch_size is None else x[:batch_size]
-        init_loss = F.mse_loss(model(first), y[:len(first)]).item()
+    with torch.no_grad():  # epoch 0: epoch 1's first batch, at initialisation, without a step
+        first = batches_by_hand(n, batch_size, torch.Generator().manual_seed(cfg.seed))[0]
+        init_loss = F.mse_loss(model(x[first]), y[first]).item()
         init_val = F.mse_loss(model(data.x_val), data.y_val).item()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -117,6 +117,41 @@ def test_loss_curve_equals_a_hand_written_loop(batch_size):
     assert result.summary["final_train_loss"] == pytest.approx(losses[-1], rel=1e-5)
     assert result.summary["final_val_loss"] == pytest.approx(val, rel=1e-5)
     assert result.summary["best_val_loss"] == pytest.approx(ep.val_loss[1:].min())
+
+
+def test_batchnorm_dropout_minibatches_and_clipping_equal_a_hand_written_loop():
+    """Epoch 0's forward pass is epoch 1's first: BatchNorm statistics and dropout draws must come
+    out as if deeprun ran the plain loop, while epoch 0 is validated with the initial statistics."""
+    epochs, lr, clip = 3, 0.05, 0.5
+    cfg = cpu("depth=2", "width=8", "norm=batch", "dropout=0.2", f"epochs={epochs}", "optimizer=sgd",
+              "optimizer.momentum=0.9", f"lr={lr}", f"grad_clip={clip}", "batch_size=16")
+    data = deeprun.build_data(cfg, "cpu")
+    model = deeprun.build_model(cfg, data)  # seeds torch's RNG as run does: the same dropout draws follow
+    with torch.no_grad():
+        init_val = F.mse_loss(model.eval()(data.x_val), data.y_val).item()
+    x, y, n = data.x_train, data.y_train, len(data.x_train)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    for _ in range(epochs):
+        model.train()
+        total = 0.0
+        for idx in batches_by_hand(n, 16, gen):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x[idx]), y[idx])
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            total += loss.item() * len(idx)
+        losses.append(total / n)
+    model.eval()
+
+    result = deeprun.run(cfg)
+    ep = result.epochs
+    assert ep.val_loss[0] == pytest.approx(init_val, rel=1e-5)
+    assert list(ep.train_loss[1:]) == pytest.approx(losses, rel=1e-5)
+    assert same_state(result.model.state_dict(), model.state_dict(), atol=1e-5)  # BatchNorm buffers included
+    assert result.model.state_dict()["norm0.num_batches_tracked"].item() == epochs * 4  # 51 rows: 4 batches
 
 
 def test_epoch_0_is_the_model_at_init_and_grad_norm_is_before_clipping():
