@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +82,14 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         if any(v is not None for v in cfg.expect.values()):
             summary["expect_missed"] = missed_expectation(cfg.expect, summary)
         if out is not None:
-            write_table(out / EPOCHS, epochs)
-            write_table(out / LAYERS, layers)
-            write_summary(out, summary)  # last: a summary with a final status means the rest is there
+            try:
+                write_table(out / EPOCHS, epochs)
+                write_table(out / LAYERS, layers)
+                write_summary(out, summary)  # last: a summary with a final status means the rest is there
+            except OSError as e:  # disk full, folder gone: the summary must not claim a whole record
+                with contextlib.suppress(OSError):
+                    write_summary(out, {**summary, "status": "failed", "error": f"records not written: {e}"})
+                raise
     return Result(summary, epochs, layers, model, out)
 
 

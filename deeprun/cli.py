@@ -7,6 +7,7 @@ missing file) ends in one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sys
@@ -25,6 +26,8 @@ from . import sweep
 from .config import ConfigError, conf_dir, field_names, validate
 
 USAGE_ERROR = 2
+# a path that cannot hold records: the user's to fix (exit 2); anything else (ENOSPC, EIO) exits 1
+PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EROFS, errno.ENAMETOOLONG)
 # Hydra plugins behind deeprun's optional extras: group -> option -> extra
 PLUGIN_EXTRAS = {"hydra/launcher": {"submitit_slurm": "slurm", "submitit_local": "slurm"},
                  "hydra/sweeper": {"optuna": "optuna"}}
@@ -107,9 +110,21 @@ def main() -> None:
     except sweep.JobFailed as e:
         print(f"deeprun: {e}", file=sys.stderr)
         status = 1
+    except OSError as e:  # the output folder cannot be made or written (a bad path, a full disk)
+        status = _os_error(e)
     if sweep.started_dir() is not None:  # the end of a sweep, however it ended
-        status = max(status, sweep.finish(sweep.started_dir()))
+        try:
+            status = max(status, sweep.finish(sweep.started_dir()))
+        except OSError as e:
+            status = max(status, _os_error(e))
     sys.exit(status)
+
+
+def _os_error(e: OSError) -> int:
+    """One line for a failed write; exit status 2 when the path given cannot hold records, else 1."""
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"deeprun: error: cannot write {where}{e.strerror or e}", file=sys.stderr)
+    return USAGE_ERROR if e.errno in PATH_ERRNOS else 1
 
 
 def _discard_unused(run_dir: Path) -> None:

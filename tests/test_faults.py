@@ -1,0 +1,91 @@
+"""Output that cannot be written: a bad output path and a disk that fills up mid-write.
+
+Each case asserts one line on stderr (no traceback), the exit status, and that
+nothing is left behind that looks complete: no temporary files, no record that
+a summary calls finished. (A failing job, divergence, Ctrl-C, SIGKILL with
+resume and colliding sweeps are covered in test_cli.py, test_train.py and
+test_sweep.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli, run_dirs
+
+SMALL = [*TINY, "epochs=2", "data.n=32"]
+
+# Runs deeprun's CLI with DataFrame.to_csv failing on epochs.csv after writing part of it,
+# as a full disk does: the partial temporary file must vanish and the summary must say so.
+DISK_FULL = """
+import errno, sys
+import pandas as pd
+
+real = pd.DataFrame.to_csv
+
+def to_csv(self, f=None, *args, **kwargs):
+    if list(self.columns[:2]) == ["epoch", "train_loss"]:  # epochs.csv
+        f.write("epoch,train_lo")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, f, *args, **kwargs)
+
+pd.DataFrame.to_csv = to_csv
+sys.argv = ["deeprun", *sys.argv[1:]]
+from deeprun.cli import main
+main()
+"""
+
+
+def run_with_full_disk(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-c", DISK_FULL, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=180, env=env)
+
+
+def one_line(p: subprocess.CompletedProcess) -> str:
+    lines = p.stderr.strip().splitlines()
+    assert "Traceback" not in p.stdout + p.stderr, p.stderr
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_an_output_path_under_a_file_is_one_line_and_exit_2(tmp_path, multirun):
+    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
+    where = tmp_path / "notes.txt" / "runs"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    p = run_cli(*(["-m", "seed=0,1"] if multirun else []), *SMALL, f"{key}={where}", cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert one_line(p) == f"deeprun: error: cannot write {where}: Not a directory"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["notes.txt"]  # nothing made elsewhere
+
+
+def test_a_full_disk_during_a_run_leaves_no_partial_file_and_a_failed_summary(tmp_path):
+    p = run_with_full_disk(*SMALL, "hydra.run.dir=run", cwd=tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert one_line(p).startswith("deeprun: error: cannot write") and one_line(p).endswith("No space left on device")
+    run = tmp_path / "run"
+    assert not (run / "epochs.csv").exists()
+    assert not [f.name for f in run.iterdir() if f.name.endswith(".tmp")]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"] == "records not written: [Errno 28] No space left on device"
+
+
+def test_a_full_disk_in_a_sweep_fails_each_job_and_the_sweep_still_ends_in_its_table(tmp_path):
+    p = run_with_full_disk("-m", *SMALL, "seed=0,1", "hydra.sweep.dir=S", cwd=tmp_path)
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 1, p.stderr
+    dirs = run_dirs(tmp_path / "S")
+    assert len(dirs) == 2
+    for d in dirs:
+        assert json.loads((d / "summary.json").read_text())["status"] == "failed"
+        assert not (d / "epochs.csv").exists() and not list(d.glob(".*.tmp"))
+    results = (tmp_path / "S" / "results.csv").read_text()
+    assert results.count("No space left on device") == 2
