@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import sys
 from dataclasses import is_dataclass
@@ -44,7 +45,7 @@ def _app(cfg: DictConfig) -> Optional[float]:
 
         result = run(cfg, out_dir=hydra_cfg.runtime.output_dir)
     except ConfigError as e:  # raised here, past Hydra's job runner, it would print a second line
-        _discard_unused(Path(hydra_cfg.runtime.output_dir))
+        _discard_unused(Path(hydra_cfg.runtime.output_dir), mistaken=True)
         _usage_error(e)
     if cfg.log.progress:
         from .display import print_summary
@@ -100,7 +101,7 @@ def main() -> None:
     except ValueError as e:  # Hydra's own command-line checks (`--cfg` with `-m`) raise ValueError
         if not _raised_in_hydra(e):
             raise
-        _usage_error(e)
+        _usage_error(_group_literal(sys.argv[1:]) or e)
     except BrokenPipeError:  # `deeprun --help | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
@@ -127,12 +128,30 @@ def _os_error(e: OSError) -> int:
     return USAGE_ERROR if e.errno in PATH_ERRNOS else 1
 
 
-def _discard_unused(run_dir: Path) -> None:
-    """Remove what Hydra made for a run that never started (only .hydra/, then the folder if empty)."""
-    if not (run_dir / "summary.json").exists():
+def _discard_unused(run_dir: Path, mistaken: bool = False) -> None:
+    """Remove what Hydra made for a run that never started (only .hydra/, then the folder if empty).
+    `mistaken`: a config error stopped it before training (an absent device, a bad CSV), so its
+    records say nothing; they go too. Only files deeprun names: the folder may be the user's own."""
+    from .records import EPOCHS, LAYERS, SUMMARY  # here: pandas loads slowly, and only a run gets this far
+
+    if mistaken:
+        for name in (SUMMARY, EPOCHS, LAYERS):
+            (run_dir / name).unlink(missing_ok=True)
+    if not (run_dir / SUMMARY).exists():
         shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
         with contextlib.suppress(OSError):
             run_dir.rmdir()
+
+
+def _group_literal(args: list[str]) -> Optional[ConfigError]:
+    """`act=1`, `debug=true`: Hydra says only "Config group override must be a string"; name the override."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        group = conf_dir() / key
+        if group.is_dir() and re.fullmatch(r"[-+.\deE]+|true|false|null", value, re.IGNORECASE):
+            options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+            return ConfigError(f"{key}={value}: no such option; choose from: {options}")
+    return None
 
 
 def _raised_in_hydra(e: BaseException) -> bool:
