@@ -72,6 +72,12 @@ def two_sweeps(d: Path):
 
 
 @command
+def alone_run(d: Path):
+    """The grid's first job as a single run, with torch's own thread count (no OMP_NUM_THREADS)."""
+    return _run_cli(*TINY, "lr=0.01", "log.progress=false", "hydra.run.dir=alone", cwd=d, timeout=240)
+
+
+@command
 def optuna_sweep(d: Path):
     """A study whose search space holds an lr that diverges: the study must still run every trial."""
     return run_cli("-m", *TINY, "hparams_search=lr_width", "hydra.sweeper.n_trials=4",
@@ -165,6 +171,26 @@ def test_basic_and_joblib_sweeps_each_end_in_one_table(two_sweeps):
     cores = len(os.sched_getaffinity(0))
     ran = joblib_results[joblib_results.status != "failed"]
     assert (ran.threads == max(cores // 2, 1)).all(), ran.threads
+
+
+def test_a_job_writes_the_same_records_alone_and_under_either_launcher(two_sweeps, alone_run):
+    """Determinism: byte for byte, but for epochs.csv's wall-clock `seconds` column."""
+    d, _ = two_sweeps
+    alone_dir, alone = alone_run
+    assert alone.returncode == 0, output(alone)
+    jobs = [next(p for p in directory.iterdir() if p.name.startswith("0_")) for directory in sweep_dirs(d)]
+    assert len(jobs) == 2
+    layers = (alone_dir / "alone" / "layers.csv").read_bytes()
+    epochs = without_seconds(alone_dir / "alone" / "epochs.csv")
+    assert len(epochs.splitlines()) == 7  # header, epochs 0 to 5
+    for job in jobs:
+        assert (job / "layers.csv").read_bytes() == layers, job
+        assert without_seconds(job / "epochs.csv") == epochs, job
+
+
+def without_seconds(path: Path) -> str:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return frame.drop(columns="seconds").to_csv(index=False)
 
 
 @pytest.mark.slow
