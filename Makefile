@@ -29,8 +29,10 @@ test: install  ## the whole test suite
 test-fast: install  ## the suite without the slow end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install  ## deeprun vs a hand-written PyTorch loop, as ratios
+bench: install  ## deeprun vs a hand-written loop and Lightning, as ratios; sweep costs
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[bench]'
 	$(PY) bench/bench.py
+	$(PY) bench/sweep_bench.py
 
 clean:  ## remove the environment and caches (keeps outputs/)
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -1,23 +1,31 @@
-"""deeprun against a hand-written PyTorch loop on the same work, as ratios.
+"""deeprun against a hand-written PyTorch loop and a Lightning Trainer on the same work, as ratios.
 
 Same initial weights, same data tensors, same optimiser; the plain loop does what
 a careful person writes by hand: per epoch, the training steps and one
 validation forward pass, with the optimiser built as a user writes it
 (`torch.optim.SGD(model.parameters(), lr=...)`). deeprun adds its probes and
-records on top. Runs
-alternate (plain, deeprun, plain, ...) and the ratio is the median of the
-per-pair ratios, so a noisy neighbour slows both sides of a pair alike.
+records on top. Runs alternate (plain, deeprun, plain, ...) and the ratio is the
+median of the per-pair ratios, so a noisy neighbour slows both sides of a pair
+alike. Also: a Lightning Trainer on the same model and batches (logger,
+checkpoints, progress bar and model summary off), the GFLOP/s the resnets reach
+next to this machine's float32 matmul rate, and start-up times.
 
-    python bench/bench.py [--repeats 5] [--only model_d|resnet]
+    python bench/bench.py [--repeats 5] [--only model_d|resnet|resnet_wide|cnn] [--skip lightning,startup]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import torch
 
@@ -30,10 +38,16 @@ CASES = {
     # seed 000's residual MLP at depth 100, minibatches of 256
     "resnet": ["model=resnet", "depth=100", "width=256", "batch_size=256", "epochs=10", "data.n=1280",
                "act=leaky_relu", "optimizer=adam", "lr=0.001"],
+    # the same at seed 000's width: 210 M weights, compute-bound
+    "resnet_wide": ["model=resnet", "depth=100", "width=1024", "batch_size=256", "epochs=2", "data.n=640",
+                    "act=leaky_relu", "optimizer=adam", "lr=0.0001"],
+    # seed 002's CNN on synthetic 16x16 images
+    "cnn": ["model=cnn", "data=images", "depth=6", "width=16", "batch_size=64", "epochs=5", "data.n=1280",
+            "optimizer=adam", "lr=0.001"],
 }
 # An 8-wide net gains nothing from intra-op threads; on a shared machine they only add
 # spin-wait noise, so the tiny case runs on one thread (both sides alike).
-THREADS = {"model_d": 1, "resnet": None}
+THREADS = {"model_d": 1, "resnet": None, "resnet_wide": None, "cnn": None}
 # The cases use each optimiser's default settings but lr; deeprun asks for foreach=True, the
 # plain loop takes torch's default (a loop per parameter off CUDA), as a hand-written loop does
 PLAIN_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
@@ -75,31 +89,130 @@ def deeprun_run(cfg) -> float:
     return time.perf_counter() - start
 
 
-def bench(case: str, variant: list[str], repeats: int) -> tuple[float, float, float]:
+class Batches:
+    """Index slices of a fresh permutation each epoch, as Lightning's train_dataloaders: the same
+    batches the plain loop takes, without a DataLoader (which would cost Lightning 3.5x here)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size, seed: int):
+        self.x, self.y, self.batch_size, self.gen = x, y, batch_size, torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return 1 if self.batch_size is None else -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        if self.batch_size is None:
+            return iter([(self.x, self.y)])
+        return ((self.x[i], self.y[i]) for i in torch.randperm(len(self.x), generator=self.gen).split(self.batch_size))
+
+
+def lightning_run(cfg) -> float:
+    """The same model, batches, optimiser and validation pass under lightning.Trainer; seconds."""
+    import lightning as L
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # its start-up notes
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    start = time.perf_counter()
+    data = deeprun.build_data(cfg)
+    model = deeprun.build_model(cfg, data)
+    loss_fn = LOSSES[data.task]
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def training_step(self, batch, _):
+            return loss_fn(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, _):
+            return loss_fn(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return PLAIN_OPTIMIZERS[cfg.optimizer.name](self.parameters(), lr=cfg.lr)
+
+    trainer = L.Trainer(max_epochs=cfg.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(Module(), train_dataloaders=Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed),
+                val_dataloaders=Batches(data.x_val, data.y_val, None, cfg.seed))
+    return time.perf_counter() - start
+
+
+def bench(case: str, variant: list[str], repeats: int, rival=plain_loop) -> tuple[float, float, float]:
+    """(median of deeprun / rival over alternating pairs, rival's median seconds, deeprun's)."""
     torch.set_num_threads(THREADS[case] or os.cpu_count())
     cfg = deeprun.compose([*CASES[case], *variant, "log.progress=false"])
-    plain_loop(cfg), deeprun_run(cfg)  # warm-up: first optimiser, allocator, caches
-    ratios, plains, ours = [], [], []
+    rival(cfg), deeprun_run(cfg)  # warm-up: first optimiser, allocator, caches
+    ratios, theirs, ours = [], [], []
     for _ in range(repeats):
-        p, d = plain_loop(cfg), deeprun_run(cfg)
-        plains.append(p)
+        r, d = rival(cfg), deeprun_run(cfg)
+        theirs.append(r)
         ours.append(d)
-        ratios.append(d / p)
-    return statistics.median(ratios), statistics.median(plains), statistics.median(ours)
+        ratios.append(d / r)
+    return statistics.median(ratios), statistics.median(theirs), statistics.median(ours)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """This machine's float32 matmul rate on large square matrices (the best of several)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def training_flops(cfg) -> float:
+    """Multiply-adds x 2 of the Linear layers, forward and backward (x3), over the run's training
+    and validation passes (BatchNorm, activations and the optimiser are left out: a lower bound)."""
+    data = deeprun.build_data(cfg)
+    model = deeprun.build_model(cfg, data)
+    per_sample = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return per_sample * (3 * len(data.x_train) * cfg.epochs + len(data.x_val) * (cfg.epochs + 1))
+
+
+def startup() -> tuple[float, float]:
+    """Seconds of `deeprun --help` and of a 1-epoch tiny run, each a fresh process (medians of 3)."""
+    exe = Path(sys.executable).with_name("deeprun")
+    with tempfile.TemporaryDirectory() as d:
+        def wall(*args: str) -> float:
+            return statistics.median(_seconds(lambda: subprocess.run([str(exe), *args], cwd=d, check=True,
+                                                                     capture_output=True)) for _ in range(3))
+        return wall("--help"), wall("epochs=1", "data.n=64", "log.progress=false")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", choices=list(CASES))
+    parser.add_argument("--skip", default="", help="comma-separated: lightning, startup")
     args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    cases = [args.only] if args.only else list(CASES)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           f"medians of {args.repeats} alternating pairs")
-    print(f"{'case':10} {'threads':>7} {'variant':26} {'ratio':>7} {'plain s':>9} {'deeprun s':>10}")
-    for case in [args.only] if args.only else CASES:
+    peak = matmul_gflops()
+    print(f"float32 matmul (2048x2048, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
+    print(f"\n{'case':12} {'threads':>7} {'variant':26} {'ratio':>7} {'plain s':>9} {'deeprun s':>10} {'GFLOP/s':>8}")
+    for case in cases:
         for name, variant in VARIANTS.items():
             ratio, p, d = bench(case, variant, args.repeats)
-            print(f"{case:10} {torch.get_num_threads():7} {name:26} {ratio:7.3f} {p:9.3f} {d:10.3f}", flush=True)
+            rate = training_flops(deeprun.compose(CASES[case])) / d / 1e9 if case.startswith("resnet") else None
+            shown = f"{rate:8.1f}" if rate else f"{'':8}"
+            print(f"{case:12} {torch.get_num_threads():7} {name:26} {ratio:7.3f} {p:9.3f} {d:10.3f} {shown}", flush=True)
+    if "lightning" not in skip:
+        print(f"\n{'case':12} {'variant':26} {'deeprun / Lightning':>20} {'Lightning s':>12} {'deeprun s':>10}")
+        for case in [c for c in cases if c in ("model_d", "resnet")]:
+            for name, variant in VARIANTS.items():
+                ratio, lit, d = bench(case, variant, args.repeats, rival=lightning_run)
+                print(f"{case:12} {name:26} {ratio:20.3f} {lit:12.3f} {d:10.3f}", flush=True)
+    if "startup" not in skip:
+        help_s, tiny_s = startup()
+        print(f"\nstart-up: deeprun --help {help_s:.2f} s; a 1-epoch tiny run, start to exit {tiny_s:.2f} s")
 
 
 if __name__ == "__main__":
