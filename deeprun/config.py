@@ -60,6 +60,18 @@ class MLPConfig(ModelConfig):
 @dataclass
 class ResNetConfig(ModelConfig):
     name: str = "resnet"
+    residual_scale: str = "1"  # 1 | rezero | skipinit | fixup: how each block scales its branch f(x)
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    name: str = "cnn"
+
+
+@dataclass
+class ResNetCNNConfig(ModelConfig):
+    name: str = "resnet_cnn"
+    residual_scale: str = "1"
 
 
 @dataclass
@@ -194,6 +206,16 @@ class ClassificationDataConfig(DataConfig):
 
 
 @dataclass
+class ImagesDataConfig(DataConfig):
+    name: str = "images"
+    n: int = 1000
+    image_size: int = 16  # height = width
+    channels: int = 1
+    n_classes: int = 4  # class k draws pattern k (data.py: PATTERNS); at most MAX_IMAGE_CLASSES
+    noise: float = 1.0  # std of Gaussian pixel noise; patterns are -1 / +1
+
+
+@dataclass
 class CSVDataConfig(DataConfig):
     name: str = "csv"
     path: Optional[str] = None
@@ -201,6 +223,7 @@ class CSVDataConfig(DataConfig):
     features: Optional[List[str]] = None  # default: every column but the targets
     task: str = "auto"  # auto | classification | regression
     max_classes: int = 20  # auto: integer targets with at most this many values are classes
+    image_shape: Optional[List[int]] = None  # [C, H, W]: each row's features are an image
 
 
 # --- top level ----------------------------------------------------------------
@@ -256,13 +279,13 @@ class Config:
 # Options with keys of their own; the others are checked by the base class the
 # top-level field is typed with.
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"mlp": MLPConfig, "resnet": ResNetConfig},
+    "model": {"mlp": MLPConfig, "resnet": ResNetConfig, "cnn": CNNConfig, "resnet_cnn": ResNetCNNConfig},
     "act": {"leaky_relu": LeakyReLUConfig},
     "init": {"uniform": UniformInitConfig, "normal": NormalInitConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig, "rmsprop": RMSpropConfig},
     "scheduler": {"step": StepSchedulerConfig, "cosine": CosineSchedulerConfig, "plateau": PlateauSchedulerConfig},
     "data": {"regression": RegressionDataConfig, "diag_flip": DiagFlipDataConfig,
-             "classification": ClassificationDataConfig, "csv": CSVDataConfig},
+             "classification": ClassificationDataConfig, "images": ImagesDataConfig, "csv": CSVDataConfig},
 }
 
 
@@ -292,7 +315,10 @@ CHOICES = {
     "scheduler.name": ("none", "step", "cosine", "plateau"),
     "device.name": ("auto", "cpu", "cuda", "mps"),
     "data.task": ("auto", "classification", "regression"),
+    "model.residual_scale": ("1", "rezero", "skipinit", "fixup"),
 }
+IMAGE_MODELS = ("cnn", "resnet_cnn")  # they take (N, C, H, W) input
+MAX_IMAGE_CLASSES = 8  # data=images draws one pattern per class (data.PATTERNS)
 CHECKPOINTS = ("init", "final")
 
 
@@ -331,6 +357,12 @@ def validate(cfg: DictConfig) -> None:
     widths = OmegaConf.select(cfg, "model.widths")
     if widths is not None:
         _require(len(widths) >= 1 and all(w >= 1 for w in widths), "model.widths", widths, "a non-empty list of ints >= 1")
+    if OmegaConf.select(cfg, "model.residual_scale") == "fixup" and cfg.norm.name != "none":
+        # zero-initialised branch ends followed by a norm: 0 / sqrt(0 + eps) multiplies their gradient by ~300
+        raise ConfigError(f"model.residual_scale='fixup': for norm-free residual nets; add norm=none (norm={cfg.norm.name} now)")
+    if cfg.model.get("name") in IMAGE_MODELS and not (cfg.data.get("name") == "images" or cfg.data.get("image_shape")):
+        raise ConfigError(f"model={cfg.model.name} needs images (N, C, H, W) but data={cfg.data.get('name')} is a table; "
+                          f"use data=images, or data=csv with data.image_shape=[C,H,W]")
     for key in ("init.a", "init.std"):
         value = OmegaConf.select(cfg, key)
         if value is not None:
@@ -377,6 +409,17 @@ def _validate_data(data: DictConfig) -> None:
             _require(data[key] >= 1, f"data.{key}", data[key], ">= 1")
     if "n_classes" in data:
         _require(data.n_classes >= 2, "data.n_classes", data.n_classes, ">= 2")
+    if "noise" in data and "_target_" not in data:  # a custom set's keys are the user's
+        _require(data.noise >= 0, "data.noise", data.noise, ">= 0")
+    if data.get("name") == "images":
+        _require(data.n_classes <= MAX_IMAGE_CLASSES, "data.n_classes", data.n_classes,
+                 f"in [2, {MAX_IMAGE_CLASSES}] with data=images (one pattern per class)")
+        _require(data.image_size >= 4, "data.image_size", data.image_size, ">= 4")
+        _require(data.channels >= 1, "data.channels", data.channels, ">= 1")
+    if data.get("image_shape") is not None:
+        shape = data.image_shape
+        _require(len(shape) == 3 and all(d >= 1 for d in shape), "data.image_shape", shape,
+                 "[C, H, W], three ints >= 1, or null")
     if data.get("name") == "csv":
         path = data.path
         if not path:

@@ -1,12 +1,14 @@
 """Data sets -> train/validation tensors on the device, split by a seeded permutation.
 
 Synthetic sets (seed 001's regression, seed 004's diagonal flip, Gaussian-cluster
-classes), the user's CSV table, or the user's own `_target_` returning (x, y).
+classes, pattern images), the user's CSV table (rows as images with data.image_shape),
+or the user's own `_target_` returning (x, y).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +26,7 @@ TASKS = ("regression", "binary", "multiclass")
 
 @dataclass
 class Data:
-    x_train: torch.Tensor  # (N, n_in)
+    x_train: torch.Tensor  # (N, n_in) table or (N, C, H, W) images
     y_train: torch.Tensor  # regression/binary: (N, n_out) float; multiclass: (N,) long
     x_val: torch.Tensor
     y_val: torch.Tensor
@@ -33,8 +35,14 @@ class Data:
     classes: list | None = None  # class labels in code order (classification)
 
     @property
+    def in_shape(self) -> tuple[int, ...]:
+        """One sample's shape: (n_in,) or (C, H, W)."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
     def n_in(self) -> int:
-        return self.x_train.shape[1]
+        """Input features, an image's pixels counted flat (what an MLP sees)."""
+        return math.prod(self.in_shape)
 
     @property
     def metric(self) -> str:
@@ -78,7 +86,61 @@ def classification(cfg: DictConfig, gen: torch.Generator) -> tuple[torch.Tensor,
     return x, labels
 
 
-SYNTHETIC = {"regression": regression, "diag_flip": diag_flip, "classification": classification}
+def _stripes(coord: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """Period-4 stripes along `coord` (a grid), shifted by each image's phase (B,) -> (B, S, S)."""
+    return ((coord + phase[:, None, None]) // 2 % 2).float()
+
+
+def _box(yy: torch.Tensor, xx: torch.Tensor, pos: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """Offsets from each image's corner `pos` (B, 2), and where they fall inside the size x size box."""
+    dy, dx = yy - pos[:, 0, None, None], xx - pos[:, 1, None, None]
+    return dy, dx, (dy >= 0) & (dy < size) & (dx >= 0) & (dx < size)
+
+
+def _square(yy, xx, pos, size, hollow: bool) -> torch.Tensor:
+    dy, dx, inside = _box(yy, xx, pos, size)
+    edge = (dy == 0) | (dy == size - 1) | (dx == 0) | (dx == size - 1)
+    return (inside & edge if hollow else inside).float()
+
+
+def _plus(yy, xx, pos, size) -> torch.Tensor:
+    dy, dx, inside = _box(yy, xx, pos, size)
+    return (inside & ((dy == size // 2) | (dx == size // 2))).float()
+
+
+# Class k draws the k-th pattern: (grid rows, grid columns, phases (B, 2), corners (B, 2), shape size)
+# -> (B, S, S) in {0, 1}. Textures move with the phase, shapes with the corner: where is no cue to the class.
+PATTERNS: dict[str, Callable[..., torch.Tensor]] = {
+    "horizontal_stripes": lambda yy, xx, ph, pos, size: _stripes(yy, ph[:, 0]),
+    "vertical_stripes": lambda yy, xx, ph, pos, size: _stripes(xx, ph[:, 1]),
+    "checkerboard": lambda yy, xx, ph, pos, size: (_stripes(yy, ph[:, 0]) + _stripes(xx, ph[:, 1])) % 2,
+    "diagonal_stripes": lambda yy, xx, ph, pos, size: _stripes(yy + xx, ph[:, 0]),
+    "antidiagonal_stripes": lambda yy, xx, ph, pos, size: _stripes(yy - xx, ph[:, 0]),
+    "filled_square": lambda yy, xx, ph, pos, size: _square(yy, xx, pos, size, hollow=False),
+    "hollow_square": lambda yy, xx, ph, pos, size: _square(yy, xx, pos, size, hollow=True),
+    "plus": lambda yy, xx, ph, pos, size: _plus(yy, xx, pos, size),
+}
+
+
+def images(cfg: DictConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Balanced classes of (n, channels, S, S) images: class k's pattern at a random phase (textures)
+    or corner (shapes), pixels -1 / +1, in a random colour per image when channels > 1, plus noise."""
+    s, n = cfg.image_size, cfg.n
+    labels = torch.arange(n) % cfg.n_classes
+    size = max(3, s // 2) | 1  # the shapes' side: odd, so the plus sign has a middle row and column
+    phase = torch.randint(0, 4, (n, 2), generator=gen)
+    pos = torch.randint(0, s - size + 1, (n, 2), generator=gen)
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    x = torch.empty(n, s, s)
+    for k, draw in enumerate(list(PATTERNS.values())[:cfg.n_classes]):
+        mine = labels == k
+        x[mine] = draw(yy, xx, phase[mine], pos[mine], size)
+    colour = torch.rand(n, cfg.channels, 1, 1, generator=gen) * 0.5 + 0.5 if cfg.channels > 1 else 1.0
+    x = (2 * x[:, None] - 1) * colour + cfg.noise * torch.randn(n, cfg.channels, s, s, generator=gen)
+    return x, labels
+
+
+SYNTHETIC = {"regression": regression, "diag_flip": diag_flip, "classification": classification, "images": images}
 SYNTHETIC_TASK = {"regression": "regression", "diag_flip": "regression"}
 
 
@@ -206,6 +268,10 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
         task = detect_task(y_df, node.task, node.max_classes)
         y, classes = encode_target(y_df, task)
         x = torch.from_numpy(x_df.to_numpy(dtype=np.float32, copy=True))
+        image_shape = node.get("image_shape")
+        if image_shape is not None and math.prod(image_shape) != x.shape[1]:
+            raise ConfigError(f"data.image_shape={list(image_shape)}: {math.prod(image_shape)} pixels (C*H*W), but "
+                              f"{Path(node.path).name} has {x.shape[1]} feature columns")
     else:
         make = lookup(SYNTHETIC, node.name, "data set")
         x, y = make(node, torch.Generator().manual_seed(node.seed))
@@ -219,8 +285,12 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
         x, y = x[keep], y[keep]
     train, val = split(len(x), node.val_fraction, node.seed)
     if node.name == "csv":  # standardise with the training split's statistics only
-        mean, std = x[train].mean(0), x[train].std(0)
-        x = (x - mean) / torch.where(std > 0, std, torch.ones_like(std))
+        if node.image_shape is not None:  # one mean and std over all pixels: a blank border pixel has no std
+            mean, std = x[train].mean(), x[train].std()
+            x = ((x - mean) / (std if std > 0 else 1)).view(len(x), *node.image_shape)
+        else:
+            mean, std = x[train].mean(0), x[train].std(0)
+            x = (x - mean) / torch.where(std > 0, std, torch.ones_like(std))
     n_out = y.shape[1] if task != "multiclass" else len(classes)
     to = lambda t: t.to(device)
     return Data(to(x[train]), to(y[train]), to(x[val]), to(y[val]), task, n_out, classes)

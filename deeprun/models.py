@@ -1,7 +1,8 @@
 """Models and the registries configs name: activations, norms, inits, models.
 
 A *layer* (DESIGN.md) is a module holding a weight matrix or kernel, in forward
-order; :func:`weight_layers` lists them for the probes.
+order; :func:`weight_layers` lists them for the probes. The scalars of
+residual_scale=rezero/skipinit are parameters of a block, not layers.
 """
 
 from __future__ import annotations
@@ -42,7 +43,16 @@ AUTO_INIT = {"relu": "kaiming_normal", "leaky_relu": "kaiming_normal", "elu": "k
              "selu": "lecun_normal", "tanh": "xavier_uniform", "sigmoid": "xavier_uniform",
              "softplus": "xavier_uniform", "identity": "xavier_uniform"}
 NORMS: dict[str, type[nn.Module] | None] = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+# The same names on (N, C, H, W) maps: layer norm is GroupNorm with one group (each sample's C x H x W,
+# a scale and shift per channel), so it does not fix the image size as LayerNorm([C, H, W]) would
+NORMS_2D: dict[str, Callable[[int], nn.Module] | None] = {"none": None, "batch": nn.BatchNorm2d,
+                                                          "layer": functools.partial(nn.GroupNorm, 1)}
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# residual_scale -> the start of the learnable scalar a in x + a * f(x), from the number of blocks;
+# None: no scalar (1 is the plain skip; fixup rescales the branch weights at init instead, see fixup_)
+RESIDUAL_SCALES: dict[str, Callable[[int], float] | None] = {
+    "1": None, "rezero": lambda depth: 0.0, "skipinit": lambda depth: depth ** -0.5, "fixup": None}
+STAGES = 3  # cnn, resnet_cnn: at most this many stages, each halving the image and doubling the channels
 
 
 def make_act(act: DictConfig) -> ActFactory:
@@ -53,15 +63,17 @@ def make_act(act: DictConfig) -> ActFactory:
     return cls
 
 
-def make_norm(name: str, width: int) -> nn.Module | None:
-    cls = lookup(NORMS, name, "norm")
+def make_norm(name: str, width: int, image: bool = False) -> nn.Module | None:
+    """The norm over `width` features, or over `width` channels of an image map when `image`."""
+    cls = lookup(NORMS_2D if image else NORMS, name, "norm")
     return None if cls is None else cls(width)
 
 
-def norm_act(width: int, act: ActFactory, norm: str, norm_position: str) -> list[tuple[str, nn.Module]]:
+def norm_act(width: int, act: ActFactory, norm: str, norm_position: str,
+             image: bool = False) -> list[tuple[str, nn.Module]]:
     """[norm, act] for 'pre' (normalise the activation's input), [act, norm] for 'post'."""
     pair = [("act", act())]
-    n = make_norm(norm, width)
+    n = make_norm(norm, width, image)
     if n is not None:
         pair.insert(0 if norm_position == "pre" else 1, ("norm", n))
     return pair
@@ -71,14 +83,17 @@ class MLP(nn.Sequential):
     """depth x (Linear -> [norm] -> act -> [dropout]) -> Linear head; `widths` for unequal layers.
 
     Flat (fc0, act0, ..., head) rather than nested blocks: each container call
-    costs as much as a small matmul on the tiny nets of seed 001.
+    costs as much as a small matmul on the tiny nets of seed 001. Images (an
+    `in_shape` of more than one dimension) are flattened by a first module.
     """
 
     def __init__(self, n_in: int, n_out: int, *, depth: int, width: int, act: ActFactory,
                  norm: str = "none", norm_position: str = "pre", dropout: float = 0.0,
-                 widths: list[int] | None = None):
+                 widths: list[int] | None = None, in_shape: tuple[int, ...] | None = None):
         sizes = [n_in, *(widths if widths is not None else [width] * depth)]
         layers: list[tuple[str, nn.Module]] = []
+        if in_shape is not None and len(in_shape) > 1:
+            layers.append(("flatten", nn.Flatten()))
         for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
             layers.append((f"fc{i}", nn.Linear(fan_in, fan_out)))
             layers += [(f"{kind}{i}", m) for kind, m in norm_act(fan_out, act, norm, norm_position)]
@@ -88,10 +103,21 @@ class MLP(nn.Sequential):
         super().__init__(OrderedDict(layers))
 
 
-class ResidualBlock(nn.Module):
-    """x -> act(x + f(x)), f = Linear-Norm-Act-Linear-Norm (seed 000's ResidualBlock)."""
+def branch_scale(residual_scale: str, depth: int) -> nn.Parameter | None:
+    """The learnable scalar a of x + a * f(x) for `residual_scale` in a net of `depth` blocks, or None.
 
-    def __init__(self, width: int, act: ActFactory, norm: str, norm_position: str, dropout: float):
+    A plain attribute, not a layer: the probes see only modules holding a weight matrix or kernel.
+    """
+    start = lookup(RESIDUAL_SCALES, str(residual_scale), "residual_scale")
+    return None if start is None else nn.Parameter(torch.tensor(float(start(depth))))
+
+
+class ResidualBlock(nn.Module):
+    """x -> act(x + f(x)), f = Linear-Norm-Act-Linear-Norm (seed 000's ResidualBlock); rezero and
+    skipinit make it act(x + a * f(x))."""
+
+    def __init__(self, width: int, act: ActFactory, norm: str, norm_position: str, dropout: float,
+                 residual_scale: str = "1", depth: int = 1):
         super().__init__()
         f = [("fc1", nn.Linear(width, width)), *norm_act(width, act, norm, norm_position)]
         if dropout > 0:
@@ -101,31 +127,134 @@ class ResidualBlock(nn.Module):
             f.append(("norm2", n))
         self.f = nn.Sequential(OrderedDict(f))
         self.act = act()
+        self.residual_scale = str(residual_scale)
+        self.alpha = branch_scale(residual_scale, depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.f(x))
+        fx = self.f(x)
+        return self.act(x + (fx if self.alpha is None else self.alpha * fx))
 
 
 class ResidualMLP(nn.Module):
     """stem -> depth x (x + f(x)) -> head (seed 000's ResNetVanilla, minus the output sigmoid)."""
 
     def __init__(self, n_in: int, n_out: int, *, depth: int, width: int, act: ActFactory,
-                 norm: str = "batch", norm_position: str = "pre", dropout: float = 0.0):
+                 norm: str = "batch", norm_position: str = "pre", dropout: float = 0.0, residual_scale: str = "1"):
         super().__init__()
         self.stem = nn.Linear(n_in, width)
         self.stem_act = act()
-        self.blocks = nn.Sequential(*(ResidualBlock(width, act, norm, norm_position, dropout) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(ResidualBlock(width, act, norm, norm_position, dropout, residual_scale, depth)
+                                      for _ in range(depth)))
         self.head = nn.Linear(width, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem_act(self.stem(x))))
+        return self.head(self.blocks(self.stem_act(self.stem(x.flatten(1)))))  # images: flattened
 
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "resnet": ResidualMLP}
+# --- convolutional ------------------------------------------------------------------
+
+def stages(depth: int) -> list[int]:
+    """The stage of each of `depth` conv layers (cnn) or blocks (resnet_cnn): min(depth, STAGES)
+    stages of near-equal length; stage s has width * 2^s channels."""
+    return [STAGES * i // depth for i in range(depth)]
+
+
+def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    """3x3, "same" padding: stride 1 keeps the size, stride 2 halves it (rounding up)."""
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+
+
+def _channels(in_shape: tuple[int, ...], model: str) -> int:
+    if len(in_shape) != 3:
+        raise ValueError(f"{model} takes images (N, C, H, W); got samples of shape {tuple(in_shape)}")
+    return in_shape[0]
+
+
+class CNN(nn.Sequential):
+    """depth x (Conv3x3 -> [norm] -> act -> [dropout]) -> global average pool -> Linear head (seed 002).
+
+    Flat like MLP (conv0, norm0, act0, ..., pool, flatten, head). The first conv of
+    each stage after the first has stride 2 and doubles the channels.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], n_out: int, *, depth: int, width: int, act: ActFactory,
+                 norm: str = "batch", norm_position: str = "pre", dropout: float = 0.0):
+        c_in, layers, stage = _channels(in_shape, "cnn"), [], 0
+        for i, s in enumerate(stages(depth)):
+            c_out = width * 2 ** s
+            layers.append((f"conv{i}", conv3x3(c_in, c_out, stride=2 if s != stage else 1)))
+            layers += [(f"{kind}{i}", m) for kind, m in norm_act(c_out, act, norm, norm_position, image=True)]
+            if dropout > 0:
+                layers.append((f"drop{i}", nn.Dropout(dropout)))
+            c_in, stage = c_out, s
+        layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("head", nn.Linear(c_in, n_out))]
+        super().__init__(OrderedDict(layers))
+
+
+class ResidualConvBlock(nn.Module):
+    """x -> act(shortcut(x) + f(x)), f = Conv3x3-Norm-Act-[Dropout]-Conv3x3-Norm (seed 003's block).
+
+    The shortcut is the identity, or a 1x1 stride-2 conv + norm (a projection)
+    where the block halves the size and doubles the channels. rezero and
+    skipinit scale the branch by a learnable scalar a.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, act: ActFactory, norm: str, norm_position: str,
+                 dropout: float, residual_scale: str = "1", depth: int = 1):
+        super().__init__()
+        self.shortcut = None  # before f: called first in forward, so the probes list it first too
+        if stride != 1 or c_in != c_out:
+            proj = [("conv", nn.Conv2d(c_in, c_out, 1, stride=stride))]
+            if (n := make_norm(norm, c_out, image=True)) is not None:
+                proj.append(("norm", n))
+            self.shortcut = nn.Sequential(OrderedDict(proj))
+        f = [("conv1", conv3x3(c_in, c_out, stride)), *norm_act(c_out, act, norm, norm_position, image=True)]
+        if dropout > 0:
+            f.append(("drop", nn.Dropout(dropout)))
+        f.append(("conv2", conv3x3(c_out, c_out)))
+        if (n := make_norm(norm, c_out, image=True)) is not None:
+            f.append(("norm2", n))
+        self.f = nn.Sequential(OrderedDict(f))
+        self.act = act()
+        self.residual_scale = str(residual_scale)
+        self.alpha = branch_scale(residual_scale, depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.shortcut is None else self.shortcut(x)
+        fx = self.f(x)
+        return self.act(skip + (fx if self.alpha is None else self.alpha * fx))
+
+
+class ResidualCNN(nn.Module):
+    """stem Conv3x3 -> [norm] -> act -> depth residual blocks in stages -> global average pool -> head (seed 003)."""
+
+    def __init__(self, in_shape: tuple[int, ...], n_out: int, *, depth: int, width: int, act: ActFactory,
+                 norm: str = "batch", norm_position: str = "pre", dropout: float = 0.0, residual_scale: str = "1"):
+        super().__init__()
+        c_in = _channels(in_shape, "resnet_cnn")
+        self.stem = nn.Sequential(OrderedDict([("conv", conv3x3(c_in, width)),
+                                               *norm_act(width, act, norm, norm_position, image=True)]))
+        blocks, c_in, stage = [], width, 0
+        for s in stages(depth):
+            c_out = width * 2 ** s
+            blocks.append(ResidualConvBlock(c_in, c_out, 2 if s != stage else 1, act, norm, norm_position, dropout,
+                                            residual_scale, depth))
+            c_in, stage = c_out, s
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(c_in, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "resnet": ResidualMLP, "cnn": CNN, "resnet_cnn": ResidualCNN}
+RESIDUAL_BLOCKS = (ResidualBlock, ResidualConvBlock)
 # Module types whose forward does not depend on train/eval mode (not Dropout, not BatchNorm; a
 # user's class might read self.training, so it is not listed)
-MODE_FREE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.Sequential, nn.ModuleList,
-             MLP, ResidualMLP, ResidualBlock, *ACTIVATIONS.values())
+MODE_FREE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.GroupNorm, nn.Sequential, nn.ModuleList,
+             nn.Flatten, nn.AdaptiveAvgPool2d, MLP, ResidualMLP, ResidualBlock, CNN, ResidualCNN, ResidualConvBlock,
+             *ACTIVATIONS.values())
 
 
 # --- initialisation -----------------------------------------------------------
@@ -153,17 +282,36 @@ def resolve_init(init: DictConfig, act: DictConfig) -> str:
 
 
 def init_weights(model: nn.Module, init: DictConfig, act: DictConfig) -> str:
-    """Initialise every weight layer (zero biases); torch_default leaves torch's own. Returns the scheme."""
+    """Initialise every weight layer (zero biases); torch_default leaves torch's own. Then Fixup
+    where a residual block asks for it. Returns the scheme."""
     scheme = resolve_init(init, act)
-    if scheme == "torch_default":
-        return scheme
-    fill = lookup(INITS, scheme, "init")
-    with torch.no_grad():
-        for layer in weight_layers(model).values():
-            fill(layer.weight, act, init)
-            if layer.bias is not None:
-                layer.bias.zero_()
+    if scheme != "torch_default":
+        fill = lookup(INITS, scheme, "init")
+        with torch.no_grad():
+            for layer in weight_layers(model).values():
+                fill(layer.weight, act, init)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+    fixup_(model)
     return scheme
+
+
+@torch.no_grad()
+def fixup_(model: nn.Module) -> None:
+    """Fixup (Zhang et al. 2019) on the blocks with residual_scale=fixup, after the init scheme: the
+    last layer of each branch starts at zero (weight and bias: each block starts as its shortcut),
+    the branch's other layers are scaled by L^(-1/(2m-2)) for L blocks of m layers, which keeps the
+    size of an SGD step's change to the output bounded as depth grows, without a norm. Fixup's
+    scalar biases and multiplier are left out."""
+    blocks = [m for m in model.modules() if isinstance(m, RESIDUAL_BLOCKS) and m.residual_scale == "fixup"]
+    for block in blocks:
+        *others, last = weight_layers(block.f).values()
+        m = len(others) + 1
+        for layer in others:
+            layer.weight.mul_(len(blocks) ** (-1 / (2 * m - 2)))
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -174,23 +322,23 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
 # --- the builder ----------------------------------------------------------------
 
 def build_model(cfg: DictConfig, data) -> nn.Module:
-    """The configured model for `data` (its n_in / n_out), initialised, on the data's device.
+    """The configured model for `data` (its n_in or in_shape, and n_out), initialised, on the data's device.
 
     A config with `_target_` builds the user's own class the same way: it gets the
     model node's other keys plus whichever shared arguments its signature names.
     """
-    shared = dict(n_in=data.n_in, n_out=data.n_out, depth=cfg.depth, width=cfg.width, act=make_act(cfg.act),
-                  norm=cfg.norm.name, norm_position=cfg.norm.position, dropout=cfg.dropout)
+    shared = dict(n_in=data.n_in, in_shape=data.in_shape, n_out=data.n_out, depth=cfg.depth, width=cfg.width,
+                  act=make_act(cfg.act), norm=cfg.norm.name, norm_position=cfg.norm.position, dropout=cfg.dropout)
     own = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "_target_")}
     if "_target_" in cfg.model:
         cls = import_object(cfg.model._target_, "model._target_")
-        params = _parameters(cls)
-        if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            shared = {k: v for k, v in shared.items() if k in params}
     else:
         cls = lookup(MODELS, cfg.model.name, "model")
+    params = _parameters(cls)  # n_in for a table model, in_shape for a conv net; both for an MLP
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        shared = {k: v for k, v in shared.items() if k in params}
     try:  # a wrong or missing key is the user's: say which, before the constructor runs
-        if _parameters(cls) is not None:
+        if params is not None:
             inspect.signature(cls).bind(**shared, **own)
     except TypeError as e:
         raise ConfigError(f"model ({cfg.model.get('_target_') or cfg.model.name}): {e}") from None

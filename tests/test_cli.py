@@ -428,7 +428,7 @@ def test_help_lists_groups_without_importing_torch(help_run):
     act_line = next(line for line in lines if line.startswith("act: "))
     assert {"relu", "leaky_relu", "tanh", "sigmoid", "selu"} <= set(act_line[5:].split(", "))
     model_line = next(line for line in lines if line.startswith("model: "))
-    assert {"mlp", "resnet", "custom"} <= set(model_line[7:].split(", "))
+    assert {"mlp", "resnet", "cnn", "resnet_cnn", "custom"} <= set(model_line[7:].split(", "))
     assert "depth: 3" in lines  # the default config follows the groups
     assert "Traceback" not in p.stderr
 

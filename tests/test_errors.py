@@ -42,6 +42,7 @@ CSV = {
     "cities.csv": "area,city,price\n50,Oslo,100\n60,Bergen,130\n70,Oslo,160\n80,Bergen,170\n",
     "holes.csv": "area,rooms,price\n50,1,100\n60,2,130\n70,,160\n80,2,170\n",
     "cheap.csv": "area,rooms,label\n50,1,cheap\n60,2,cheap\n70,3,cheap\n80,2,cheap\n",
+    "pixels.csv": "p0,p1,p2,p3,label\n0,1,2,3,a\n3,2,1,0,b\n1,1,2,2,a\n2,2,1,1,b\n",
     "my_nets.py": "from torch import nn\n\nclass Funnel(nn.Sequential):\n"
                   "    def __init__(self, n_in, n_out, hidden=4):\n"
                   "        super().__init__(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))\n",
@@ -95,6 +96,15 @@ CASES: dict[str, Case] = {
     "csv-no-path": early(["data=csv"], ["data.path"]),
     "csv-missing-file": early(["data=csv", "data.path=missing.csv", "data.target=price"], ["data.path", "missing.csv"]),
     "csv-no-target": early(["data=csv", "data.path=ok.csv"], ["data.target"], ["ok.csv"]),
+    "residual-scale-unknown": early(["model=resnet", "model.residual_scale=half"],
+                                    ["model.residual_scale", "half", "1, rezero, skipinit, fixup"], script=True),
+    "fixup-with-batchnorm": early(["model=resnet", "model.residual_scale=fixup"],
+                                  ["model.residual_scale", "fixup", "norm=none"]),
+    "cnn-on-a-table": early(["model=cnn"], ["model=cnn", "data=regression", "data=images", "data.image_shape"]),
+    "images-too-small": early(["data=images", "data.image_size=2"], ["data.image_size", ">= 4"]),
+    "images-too-many-classes": early(["data=images", "data.n_classes=9"], ["data.n_classes", "[2, 8]"]),
+    "image-shape-not-chw": early(["data=csv", "data.path=pixels.csv", "data.target=label", "data.image_shape=[2,2]"],
+                                 ["data.image_shape", "[c, h, w]"], ["pixels.csv"]),
     # a key added with + that no schema has: an unknown key all the same, not silently ignored
     "unknown-key-added": Case(["+deprh=3", "data.n=16"], ["unknown key", "deprh"]),
     # the CSV file's contents
@@ -106,6 +116,10 @@ CASES: dict[str, Case] = {
                              ["data.features", "city", "not numeric"], ["cities.csv"]),
     "csv-empty-cell": Case(["data=csv", "data.path=holes.csv", "data.target=price"],
                            ["holes.csv", r"re:\brows?\b.*\b3\b"], ["holes.csv"], script=True),  # the 3rd data row
+    "csv-image-shape-wrong-size": Case(["data=csv", "data.path=pixels.csv", "data.target=label",
+                                        "data.image_shape=[1,3,3]"],
+                                       ["data.image_shape", "9 pixels", "pixels.csv has 4 feature columns"],
+                                       ["pixels.csv"]),
     "csv-one-class": Case(["data=csv", "data.path=cheap.csv", "data.target=label", "data.task=classification"],
                           ["data.target", "label", "one class"], ["cheap.csv"]),
     # found when the run builds its optimiser, model or device

@@ -445,7 +445,8 @@ def test_classification_data(n_classes, task, n_out):
 
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_trains(model):
-    cfg = cpu(f"model={model}")
+    images = ["data=images", "data.n=64", "data.image_size=8"] if model in config.IMAGE_MODELS else []  # conv nets
+    cfg = cpu(f"model={model}", *images)
     result = deeprun.run(cfg)
     assert_trained(result)
     assert result.summary["model"] == model
