@@ -9,6 +9,7 @@ No torch import here: ``--help`` and config errors stay fast.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
@@ -320,6 +321,13 @@ CHOICES = {
 IMAGE_MODELS = ("cnn", "resnet_cnn")  # they take (N, C, H, W) input
 MAX_IMAGE_CLASSES = 8  # data=images draws one pattern per class (data.PATTERNS)
 CHECKPOINTS = ("init", "final")
+# Sizes past these are typos or out-of-memory errors in waiting (width=10^12 asks for terabytes):
+MAX_DEPTH = 10_000
+MAX_WEIGHTS = 2 ** 31  # about depth x width^2: 8 GiB of float32
+MAX_DATA = 2 ** 28  # values in a synthetic data set: 1 GiB of float32
+MAX_THREADS = 1024
+FLOAT32_MAX = 3.4028234663852886e38  # a float key beyond it overflows once torch takes it
+SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what torch.manual_seed takes
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -340,8 +348,13 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None:
             _require(value in allowed, key, value, "one of: " + ", ".join(allowed))
-    _require(cfg.depth >= 1, "depth", cfg.depth, ">= 1")
+    _check_floats(cfg, "")
+    _require(1 <= cfg.depth <= MAX_DEPTH, "depth", cfg.depth, f"in [1, {MAX_DEPTH}]")
     _require(cfg.width >= 1, "width", cfg.width, ">= 1")
+    if cfg.depth * cfg.width ** 2 > MAX_WEIGHTS:
+        raise ConfigError(f"depth={cfg.depth}, width={cfg.width}: about {cfg.depth * cfg.width ** 2:.1e} weights "
+                          f"(depth x width^2); at most 2^31, 8 GiB of float32")
+    _require(SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1], "seed", cfg.seed, "a 64-bit integer")
     _require(cfg.epochs >= 1, "epochs", cfg.epochs, ">= 1")
     _require(cfg.lr > 0, "lr", cfg.lr, "> 0")
     _require(cfg.batch_size is None or cfg.batch_size >= 1, "batch_size", cfg.batch_size, ">= 1 or null (full batch)")
@@ -350,13 +363,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("batch_size=1: BatchNorm cannot normalise a single sample; use norm=layer or norm=none")
     _require(cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", cfg.grad_clip, "> 0 or null (off)")
     _require(cfg.log.every >= 1, "log.every", cfg.log.every, ">= 1")
-    _require(cfg.device.threads is None or cfg.device.threads >= 1, "device.threads", cfg.device.threads, ">= 1 or null")
+    _require(cfg.device.threads is None or 1 <= cfg.device.threads <= MAX_THREADS, "device.threads",
+             cfg.device.threads, f"in [1, {MAX_THREADS}] or null")
     _require(all(e >= 1 for e in cfg.log.loss_at), "log.loss_at", cfg.log.loss_at, "epochs >= 1 (the first epoch is 1)")
     _require(all(c in CHECKPOINTS for c in cfg.save.checkpoints), "save.checkpoints", cfg.save.checkpoints,
              "a list of: " + ", ".join(CHECKPOINTS))
     widths = OmegaConf.select(cfg, "model.widths")
     if widths is not None:
         _require(len(widths) >= 1 and all(w >= 1 for w in widths), "model.widths", widths, "a non-empty list of ints >= 1")
+        _require(len(widths) <= MAX_DEPTH and len(widths) * max(widths) ** 2 <= MAX_WEIGHTS, "model.widths",
+                 widths, f"at most {MAX_DEPTH} layers and 2^31 weights (8 GiB of float32)")
     if OmegaConf.select(cfg, "model.residual_scale") == "fixup" and cfg.norm.name != "none":
         # zero-initialised branch ends followed by a norm: 0 / sqrt(0 + eps) multiplies their gradient by ~300
         raise ConfigError(f"model.residual_scale='fixup': for norm-free residual nets; add norm=none (norm={cfg.norm.name} now)")
@@ -371,6 +387,19 @@ def validate(cfg: DictConfig) -> None:
              cfg.objective, "a results column: " + ", ".join(EXPECT_COLUMNS))
     _validate_data(cfg.data)
     _validate_custom(cfg.model, "model")
+
+
+def _check_floats(node: DictConfig, path: str) -> None:
+    """Every float deeprun reads is finite and fits float32 (a user's own `_target_` node keeps its own rules)."""
+    if "_target_" in node:
+        return
+    for key in node.keys():
+        value = node._get_node(key)
+        if isinstance(value, DictConfig):
+            _check_floats(node[key], f"{path}{key}.")
+        elif isinstance(value._value(), float):
+            v = value._value()
+            _require(math.isfinite(v) and abs(v) <= FLOAT32_MAX, f"{path}{key}", v, "a finite number within float32's range")
 
 
 def _check_keys(node: DictConfig, path: str) -> None:
@@ -407,6 +436,7 @@ def _validate_data(data: DictConfig) -> None:
     for key in ("n", "n_features"):
         if key in data:
             _require(data[key] >= 1, f"data.{key}", data[key], ">= 1")
+    _require(SEED_RANGE[0] <= data.get("seed", 0) <= SEED_RANGE[1], "data.seed", data.get("seed"), "a 64-bit integer")
     if "n_classes" in data:
         _require(data.n_classes >= 2, "data.n_classes", data.n_classes, ">= 2")
     if "noise" in data and "_target_" not in data:  # a custom set's keys are the user's
@@ -416,6 +446,13 @@ def _validate_data(data: DictConfig) -> None:
                  f"in [2, {MAX_IMAGE_CLASSES}] with data=images (one pattern per class)")
         _require(data.image_size >= 4, "data.image_size", data.image_size, ">= 4")
         _require(data.channels >= 1, "data.channels", data.channels, ">= 1")
+    per_row = {"regression": ("3", 3), "classification": ("data.n_features", data.get("n_features")),
+               "images": ("data.channels x data.image_size^2", data.get("channels", 0) * data.get("image_size", 0) ** 2)}
+    if data.get("name") in per_row and "_target_" not in data:
+        what, values = per_row[data.name]
+        if data.n * values > MAX_DATA:
+            raise ConfigError(f"data.n={data.n} x {what} = {data.n * values:.1e} values: a synthetic set holds "
+                              f"at most 2^28 (1 GiB of float32)")
     if data.get("image_shape") is not None:
         shape = data.image_shape
         _require(len(shape) == 3 and all(d >= 1 for d in shape), "data.image_shape", shape,
