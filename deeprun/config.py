@@ -104,6 +104,12 @@ class NormalInitConfig(InitConfig):
 
 
 @dataclass
+class CheckpointInitConfig(InitConfig):
+    name: str = "checkpoint"
+    path: Optional[str] = None  # a state dict saved by torch.save (e.g. a run's final.pt)
+
+
+@dataclass
 class NormConfig:
     name: str = "none"
     position: str = "pre"  # pre: Linear-Norm-Act; post: Linear-Act-Norm (seed 000's question)
@@ -282,7 +288,7 @@ class Config:
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"mlp": MLPConfig, "resnet": ResNetConfig, "cnn": CNNConfig, "resnet_cnn": ResNetCNNConfig},
     "act": {"leaky_relu": LeakyReLUConfig},
-    "init": {"uniform": UniformInitConfig, "normal": NormalInitConfig},
+    "init": {"uniform": UniformInitConfig, "normal": NormalInitConfig, "checkpoint": CheckpointInitConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig, "rmsprop": RMSpropConfig},
     "scheduler": {"step": StepSchedulerConfig, "cosine": CosineSchedulerConfig, "plateau": PlateauSchedulerConfig},
     "data": {"regression": RegressionDataConfig, "diag_flip": DiagFlipDataConfig,
@@ -306,7 +312,7 @@ register_configs()
 ACTIVATION_NAMES = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "mish",
                     "tanh", "sigmoid", "softplus", "identity")
 INIT_NAMES = ("auto", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal",
-              "lecun_normal", "orthogonal", "uniform", "normal", "torch_default")
+              "lecun_normal", "orthogonal", "uniform", "normal", "torch_default", "checkpoint")
 CHOICES = {
     "act.name": ACTIVATION_NAMES,
     "init.name": INIT_NAMES,
@@ -379,6 +385,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.get("name") in IMAGE_MODELS and not (cfg.data.get("name") == "images" or cfg.data.get("image_shape")):
         raise ConfigError(f"model={cfg.model.name} needs images (N, C, H, W) but data={cfg.data.get('name')} is a table; "
                           f"use data=images, or data=csv with data.image_shape=[C,H,W]")
+    if cfg.init.name == "checkpoint":
+        path = cfg.init.path
+        if not path:
+            raise ConfigError("init.path: required with init=checkpoint; e.g. init.path=outputs/runs/.../final.pt")
+        if not os.path.isfile(path):
+            raise ConfigError(f"init.path={path!r}: no such file (working directory: {os.getcwd()})")
     for key in ("init.a", "init.std"):
         value = OmegaConf.select(cfg, key)
         if value is not None:

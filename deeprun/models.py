@@ -285,6 +285,9 @@ def init_weights(model: nn.Module, init: DictConfig, act: DictConfig) -> str:
     """Initialise every weight layer (zero biases); torch_default leaves torch's own. Then Fixup
     where a residual block asks for it. Returns the scheme."""
     scheme = resolve_init(init, act)
+    if scheme == "checkpoint":  # the weights of an earlier run, as they were
+        load_checkpoint(model, init.path)
+        return scheme
     if scheme != "torch_default":
         fill = lookup(INITS, scheme, "init")
         with torch.no_grad():
@@ -294,6 +297,30 @@ def init_weights(model: nn.Module, init: DictConfig, act: DictConfig) -> str:
                     layer.bias.zero_()
     fixup_(model)
     return scheme
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a state dict saved with torch.save (tensors only: weights_only=True runs no pickled code),
+    or a ConfigError saying why the file cannot be one for this model."""
+    where = f"init.path={path!r}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a whole pickled module, a truncated file, not a torch file at all
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{where}: not a state dict torch can load safely ({first}); "
+                          f"save one with torch.save(model.state_dict(), path)") from None
+    if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        raise ConfigError(f"{where}: holds a {type(state).__name__}, not a state dict (parameter names -> tensors); "
+                          f"save one with torch.save(model.state_dict(), path)")
+    own = model.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("shapes", shapes)) if keys]
+        raise ConfigError(f"{where}: does not fit this model ({'; '.join(parts)}); "
+                          f"use the model, depth and width it was saved with")
+    model.load_state_dict(state)
 
 
 @torch.no_grad()

@@ -77,7 +77,7 @@ def assert_trained(result, status: str = "completed") -> None:
 def test_conf_groups_match_the_registries():
     assert set(options("act")) == set(models.ACTIVATIONS) == set(config.ACTIVATION_NAMES)
     assert set(options("init")) == set(config.INIT_NAMES)
-    assert set(config.INIT_NAMES) == set(models.INITS) | {"auto", "torch_default"}
+    assert set(config.INIT_NAMES) == set(models.INITS) | {"auto", "torch_default", "checkpoint"}
     assert set(options("norm")) == set(models.NORMS) == set(config.CHOICES["norm.name"])
     assert set(options("optimizer")) == set(config.CHOICES["optimizer.name"])
     assert set(options("scheduler")) == set(config.CHOICES["scheduler.name"])
@@ -122,14 +122,23 @@ AUTO_INIT = {  # DESIGN.md: Kaiming for the ReLU family, Xavier for tanh/sigmoid
 }
 
 
+def init_overrides(init: str, tmp_path) -> list[str]:
+    """init=NAME; init=checkpoint also gets a state dict of the same model to load."""
+    if init != "checkpoint":
+        return [f"init={init}"]
+    cfg = cpu()
+    torch.save(deeprun.build_model(cfg, deeprun.build_data(cfg, "cpu")).state_dict(), tmp_path / "w.pt")
+    return ["init=checkpoint", f"init.path={tmp_path / 'w.pt'}"]
+
+
 @pytest.mark.parametrize("init", options("init"))
-def test_every_init_trains_and_is_recorded(init):
-    result = deeprun.run(cpu(f"init={init}"))
+def test_every_init_trains_and_is_recorded(init, tmp_path):
+    result = deeprun.run(cpu(*init_overrides(init, tmp_path)))
     assert_trained(result)
     assert result.summary["init"] == (AUTO_INIT["relu"] if init == "auto" else init)
 
 
-@pytest.mark.parametrize("init", [i for i in options("init") if i != "torch_default"])
+@pytest.mark.parametrize("init", [i for i in options("init") if i not in ("torch_default", "checkpoint")])
 def test_every_init_but_torch_default_zeroes_the_biases(init):
     cfg = cpu(f"init={init}")
     model = deeprun.build_model(cfg, deeprun.build_data(cfg, "cpu"))
