@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import TINY, run_cli, run_dirs
@@ -89,3 +90,41 @@ def test_a_full_disk_in_a_sweep_fails_each_job_and_the_sweep_still_ends_in_its_t
         assert not (d / "epochs.csv").exists() and not list(d.glob(".*.tmp"))
     results = (tmp_path / "S" / "results.csv").read_text()
     assert results.count("No space left on device") == 2
+
+
+FLAKY = '''
+import torch
+from torch import nn
+
+
+class Flaky(nn.Module):
+    """An MLP that raises on its fourth forward pass when width is 13: a user's bug, mid-training."""
+
+    def __init__(self, n_in, n_out, width):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, n_out))
+        self.width, self.calls = width, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.width == 13 and self.calls == 4:
+            raise RuntimeError("boom in Flaky.forward")
+        return self.net(x)
+'''
+
+
+def test_a_user_model_raising_mid_sweep_fails_its_job_only(tmp_path):
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    p = run_cli("-m", *SMALL, "epochs=4", "model=custom", "model._target_=flaky.Flaky", "width=8,13,16",
+                "hydra.sweep.dir=S", cwd=tmp_path, env={"COLUMNS": "300"})
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 1, p.stderr  # the sweep ran to its end, and says a job failed
+    assert "deeprun: job 1 failed: RuntimeError: boom in Flaky.forward" in p.stderr
+    results = pd.read_csv(tmp_path / "S" / "results.csv").sort_values("width")
+    assert list(results.status) == ["completed", "failed", "completed"]
+    assert results.error.iloc[1] == "RuntimeError: boom in Flaky.forward"
+    assert "boom in Flaky.forward" in p.stdout  # the printed table shows the error
+    failed = next(d for d in run_dirs(tmp_path / "S") if json.loads((d / "summary.json").read_text())["width"] == 13)
+    # forward calls: 1 the probes' trace, 2 and 3 epoch 0's (training batch, validation), 4 epoch 1's: raised
+    epochs = pd.read_csv(failed / "epochs.csv")
+    assert list(epochs.epoch) == [0]  # what it finished before the error, intact
