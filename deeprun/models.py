@@ -112,6 +112,18 @@ def branch_scale(residual_scale: str, depth: int) -> nn.Parameter | None:
     return None if start is None else nn.Parameter(torch.tensor(float(start(depth))))
 
 
+def branch(first: tuple[str, nn.Module], second: tuple[str, nn.Module], width: int, act: ActFactory, norm: str,
+           norm_position: str, dropout: float, image: bool = False) -> nn.Sequential:
+    """The f of a residual block: first -> [norm] -> act -> [dropout] -> second -> [norm]."""
+    f = [first, *norm_act(width, act, norm, norm_position, image=image)]
+    if dropout > 0:
+        f.append(("drop", nn.Dropout(dropout)))
+    f.append(second)
+    if (n := make_norm(norm, width, image=image)) is not None:
+        f.append(("norm2", n))
+    return nn.Sequential(OrderedDict(f))
+
+
 class ResidualBlock(nn.Module):
     """x -> act(x + f(x)), f = Linear-Norm-Act-Linear-Norm (seed 000's ResidualBlock); rezero and
     skipinit make it act(x + a * f(x))."""
@@ -119,13 +131,8 @@ class ResidualBlock(nn.Module):
     def __init__(self, width: int, act: ActFactory, norm: str, norm_position: str, dropout: float,
                  residual_scale: str = "1", depth: int = 1):
         super().__init__()
-        f = [("fc1", nn.Linear(width, width)), *norm_act(width, act, norm, norm_position)]
-        if dropout > 0:
-            f.append(("drop", nn.Dropout(dropout)))
-        f.append(("fc2", nn.Linear(width, width)))
-        if (n := make_norm(norm, width)) is not None:
-            f.append(("norm2", n))
-        self.f = nn.Sequential(OrderedDict(f))
+        self.f = branch(("fc1", nn.Linear(width, width)), ("fc2", nn.Linear(width, width)), width, act, norm,
+                        norm_position, dropout)
         self.act = act()
         self.residual_scale = str(residual_scale)
         self.alpha = branch_scale(residual_scale, depth)
@@ -208,13 +215,8 @@ class ResidualConvBlock(nn.Module):
             if (n := make_norm(norm, c_out, image=True)) is not None:
                 proj.append(("norm", n))
             self.shortcut = nn.Sequential(OrderedDict(proj))
-        f = [("conv1", conv3x3(c_in, c_out, stride)), *norm_act(c_out, act, norm, norm_position, image=True)]
-        if dropout > 0:
-            f.append(("drop", nn.Dropout(dropout)))
-        f.append(("conv2", conv3x3(c_out, c_out)))
-        if (n := make_norm(norm, c_out, image=True)) is not None:
-            f.append(("norm2", n))
-        self.f = nn.Sequential(OrderedDict(f))
+        self.f = branch(("conv1", conv3x3(c_in, c_out, stride)), ("conv2", conv3x3(c_out, c_out)), c_out, act, norm,
+                        norm_position, dropout, image=True)
         self.act = act()
         self.residual_scale = str(residual_scale)
         self.alpha = branch_scale(residual_scale, depth)
