@@ -231,6 +231,9 @@ class CSVDataConfig(DataConfig):
     task: str = "auto"  # auto | classification | regression
     max_classes: int = 20  # auto: integer targets with at most this many values are classes
     image_shape: Optional[List[int]] = None  # [C, H, W]: each row's features are an image
+    delimiter: str = "auto"  # auto | comma | semicolon | tab | pipe
+    missing: str = "error"  # error | drop: rows with an empty, NaN or infinite cell in a used column
+    categorical: str = "error"  # error | onehot: text feature columns
 
 
 # --- top level ----------------------------------------------------------------
@@ -323,6 +326,12 @@ CHOICES = {
     "device.name": ("auto", "cpu", "cuda", "mps"),
     "data.task": ("auto", "classification", "regression"),
     "model.residual_scale": ("1", "rezero", "skipinit", "fixup"),
+}
+# data=csv's own keys (a custom data node passes keys of these names on to the user's _target_)
+CSV_CHOICES = {
+    "delimiter": ("auto", "comma", "semicolon", "tab", "pipe"),
+    "missing": ("error", "drop"),
+    "categorical": ("error", "onehot"),
 }
 IMAGE_MODELS = ("cnn", "resnet_cnn")  # they take (N, C, H, W) input
 MAX_IMAGE_CLASSES = 8  # data=images draws one pattern per class (data.PATTERNS)
@@ -475,9 +484,11 @@ def _validate_data(data: DictConfig) -> None:
             raise ConfigError("data.path: required with data=csv; e.g. data.path=my.csv data.target=price")
         if not os.path.isfile(path):
             raise ConfigError(f"data.path={path!r}: no such file (working directory: {os.getcwd()})")
-        target = data.target
-        ok = isinstance(target, str) and target or (isinstance(target, ListConfig) and len(target) > 0)
-        if not ok:
+        for key, allowed in CSV_CHOICES.items():
+            _require(data[key] in allowed, f"data.{key}", data[key], "one of: " + ", ".join(allowed))
+        target = data.target  # an int names a column too: data.target=2020
+        one = isinstance(target, (str, int)) and not isinstance(target, bool) and str(target) != ""
+        if not (one or isinstance(target, ListConfig) and len(target) > 0):
             raise ConfigError("data.target: required with data=csv; a column name or a list of them, "
                               "e.g. data.target=price or data.target=[price,rent]")
     _validate_custom(data, "data")

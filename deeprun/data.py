@@ -7,9 +7,11 @@ or the user's own `_target_` returning (x, y).
 
 from __future__ import annotations
 
+import csv
 import inspect
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +35,7 @@ class Data:
     task: str  # regression | binary | multiclass
     n_out: int
     classes: list | None = None  # class labels in code order (classification)
+    rows_dropped: int = 0  # CSV rows that data.missing=drop left out
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -146,32 +149,177 @@ SYNTHETIC_TASK = {"regression": "regression", "diag_flip": "regression"}
 
 # --- tables: CSV and the user's own (x, y) ----------------------------------------
 
-def read_csv(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(features, targets) from the user's CSV file, or a ConfigError naming what is wrong."""
+@dataclass
+class Table:
+    """A table before the split: numeric features and the targets as read."""
+    x: pd.DataFrame  # numeric feature columns (one-hot columns included)
+    y: pd.DataFrame  # target columns; text targets are class labels
+    onehot: list = field(default_factory=list)  # columns of x that data.categorical=onehot made: kept 0/1
+    rows_dropped: int = 0  # rows data.missing=drop left out
+
+
+DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}  # data.delimiter; auto picks one
+SNIFF_LINES = 20  # data.delimiter=auto reads the header and at most this many lines after it
+MAX_CATEGORIES = 1000  # data.categorical=onehot: a text column with more values is an ID or free text
+FLOAT32_MAX = np.finfo(np.float32).max  # a larger number becomes inf once it is a float32 tensor
+
+
+def read_csv(cfg: DictConfig) -> Table:
+    """The user's CSV file as features and targets, or a ConfigError naming what is wrong."""
     path = Path(cfg.path)
-    try:
-        table = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise ConfigError(f"data.path={str(path)!r}: the file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ConfigError(f"data.path={str(path)!r}: not a readable CSV file ({str(e).splitlines()[0]})") from None
-    targets = [cfg.target] if isinstance(cfg.target, str) else list(cfg.target)
-    for key, names in (("data.target", targets), ("data.features", list(cfg.features or []))):
+    where = f"data.path={str(path)!r}"
+    table = _read_table(path, cfg.delimiter, where)
+    # data.target=2020 reaches us as an int; the header's names are strings
+    targets = [str(t) for t in ([cfg.target] if isinstance(cfg.target, (str, int)) else cfg.target)]
+    listed = [str(c) for c in cfg.features or []]
+    for key, names in (("data.target", targets), ("data.features", listed)):
         missing = [c for c in names if c not in table.columns]
         if missing:
             raise ConfigError(f"{key}: column {missing[0]!r} not in {path.name}; columns: {', '.join(map(str, table.columns))}")
-    features = list(cfg.features) if cfg.features else [c for c in table.columns if c not in targets]
+    for c in listed:  # a target among the features would hand the model its answer
+        if c in targets or listed.count(c) > 1:
+            raise ConfigError(f"data.features: column {c!r} " + ("is data.target too" if c in targets else "is listed twice"))
+    features = listed or [c for c in table.columns if c not in targets]
     if not features:
-        raise ConfigError(f"data.path={str(path)!r}: no feature columns left besides the target {targets}")
+        raise ConfigError(f"{where}: no feature columns left besides the target {targets}")
+    # Only the columns in use count: an empty cell in a column left out is no reason to stop.
+    table, dropped = drop_missing(table[features + targets], cfg.missing, where)
     if len(table) < 2:
-        raise ConfigError(f"data.path={str(path)!r}: {len(table)} data row(s); at least 2 are needed")
-    x = table[features]
-    bad = [c for c in features if not pd.api.types.is_numeric_dtype(x[c])]
-    if bad:
-        example = x[bad[0]].dropna().iloc[0] if x[bad[0]].notna().any() else "?"
-        raise ConfigError(f"data.features: column {bad[0]!r} of {path.name} is not numeric (e.g. {example!r}); "
-                          f"list numeric columns with data.features=[...]")
-    return x, table[targets]
+        after = f" left after data.missing=drop dropped {dropped}" if dropped else ""
+        raise ConfigError(f"{where}: {len(table)} data row(s){after}; at least 2 are needed")
+    x, onehot = encode_features(table[features], cfg.categorical, path.name)
+    return Table(x, table[targets], onehot, dropped)
+
+
+def _read_table(path: Path, delimiter: str, where: str) -> pd.DataFrame:
+    """The whole file as pandas reads it, once the delimiter is known and the header's names are unique."""
+    try:
+        sep, header = _peek(path, delimiter)
+        if not header:  # 0 bytes, or blank lines only
+            raise ConfigError(f"{where}: the file is empty")
+        # pandas renames a repeated name x to x.1, and data.target=x would pick one of them silently
+        repeated = sorted({name for name in header if name and header.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"{where}: column {repeated[0]!r} appears {header.count(repeated[0])} times in the "
+                              f"header; data.target and data.features pick columns by name, so names must be unique")
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name.
+        # skipinitialspace: "a, b" names columns a and b, not a and " b".
+        # low_memory=False: pandas types each column on the whole file, not chunk by chunk, so a big file
+        # with a stray text cell gives no DtypeWarning, whose lines would break the one-line error.
+        return pd.read_csv(path, sep=sep, encoding="utf-8-sig", skipinitialspace=True, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{where}: the file is empty") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except (pd.errors.ParserError, csv.Error) as e:
+        raise ConfigError(f"{where}: not a readable CSV file ({str(e).strip().splitlines()[0]})") from None
+    except OSError as e:  # a directory, no permission
+        raise ConfigError(f"{where}: cannot read it ({e.strerror or e})") from None
+
+
+def _peek(path: Path, delimiter: str) -> tuple[str, list[str]]:
+    """(the delimiter, the header's names as written) from the first lines of the file.
+
+    data.delimiter=auto tries comma, semicolon, tab and pipe, and takes the one that splits the header
+    into the most columns and every sampled line after it into as many (comma wins a tie). Without one
+    that fits every line, the header decides alone, and pandas names the first line that does not fit.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        lines = list(itertools.islice(f, SNIFF_LINES + 1))
+    cut = len(lines) > SNIFF_LINES  # the sample may end inside a row: do not hold its last row against it
+    candidates = DELIMITERS.values() if delimiter == "auto" else [DELIMITERS[delimiter]]
+    best = (",", [], False)  # (delimiter, rows, every row as wide as the header)
+    for sep in candidates:
+        rows = _rows(lines, sep)
+        rows = rows[:-1] if cut and len(rows) > 1 else rows
+        if not rows:
+            continue
+        fits = len(rows[0]) > 1 and all(len(r) == len(rows[0]) for r in rows)  # one column fits any file
+        if not best[1] or (fits, len(rows[0])) > (best[2], len(best[1][0])):
+            best = (sep, rows, fits)
+    sep, rows, _ = best
+    return sep, rows[0] if rows else []
+
+
+def _rows(lines: list[str], sep: str) -> list[list[str]]:
+    """The non-blank rows of `lines` split at `sep`, quotes respected, as pandas splits them."""
+    rows = []
+    try:
+        for row in csv.reader(lines, delimiter=sep, skipinitialspace=True):
+            if row and row != [""]:
+                rows.append(row)
+    except csv.Error:  # a quoted field that runs past the sample's end
+        pass
+    return rows
+
+
+def bad_cells(frame: pd.DataFrame) -> np.ndarray:
+    """(rows, columns) bool: empty, NaN, +-inf, or a number float32 cannot hold (it would be inf)."""
+    bad = frame.isna().to_numpy()
+    for j, c in enumerate(frame.columns):
+        if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]):
+            values = frame[c].to_numpy(dtype=np.float64)
+            bad[:, j] |= ~(np.abs(values) <= FLOAT32_MAX)  # NaN compares False: bad too
+    return bad
+
+
+def drop_missing(table: pd.DataFrame, rule: str, where: str) -> tuple[pd.DataFrame, int]:
+    """data.missing: `error` names the rows and columns with a missing or non-finite cell; `drop`
+    leaves those rows out. Returns (the rows kept, how many were dropped)."""
+    bad = bad_cells(table)
+    rows = bad.any(axis=1)
+    if not rows.any():
+        return table, 0
+    if rule == "drop":
+        return table[~rows], int(rows.sum())
+    columns = [str(c) for c, b in zip(table.columns, bad.any(axis=0)) if b]
+    raise ConfigError(f"{where}: missing or non-finite values (empty, nan, inf, beyond float32) in "
+                      f"{rows.sum()} data row(s): {_first(np.flatnonzero(rows) + 1)} (1-based, after the header), "
+                      f"column(s): {_first(columns)}; data.missing=drop leaves such rows out")
+
+
+def _first(items, n: int = 5) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:n])) + (" ..." if len(items) > n else "")
+
+
+def encode_features(x: pd.DataFrame, rule: str, name: str) -> tuple[pd.DataFrame, list]:
+    """data.categorical: `error` names the text columns; `onehot` puts one 0/1 column per value
+    (`city=Oslo`, values sorted, learned on every row kept) where each text column was.
+    Returns (numeric features, the one-hot columns' names)."""
+    text = [c for c in x.columns if not pd.api.types.is_numeric_dtype(x[c])]
+    if not text:
+        return x, []
+    if rule == "error":
+        value = _not_a_number(x[text[0]])
+        if len(text) == 1:
+            what, example = f"column {text[0]!r} of {name} is", f"e.g. {value!r}"
+        else:
+            what, example = f"columns {_first(map(repr, text))} of {name} are", f"e.g. {value!r} in {text[0]!r}"
+        hint = " (a decimal comma? deeprun reads 1.5, not 1,5)" if value.replace(",", "", 1).isdigit() else ""
+        raise ConfigError(f"data.features: {what} not numeric ({example}){hint}; one-hot encode with "
+                          f"data.categorical=onehot, or list numeric columns with data.features=[...]")
+    wide = [c for c in text if x[c].nunique() > MAX_CATEGORIES]
+    if wide:
+        raise ConfigError(f"data.categorical=onehot: column {wide[0]!r} of {name} has {x[wide[0]].nunique()} distinct "
+                          f"values (at most {MAX_CATEGORIES}: one column each); leave it out with data.features=[...]")
+    parts, onehot = [], []
+    for c in x.columns:
+        if c in text:
+            part = pd.get_dummies(x[c].astype(str), prefix=str(c), prefix_sep="=", dtype=np.float32)
+            parts.append(part)
+            onehot += list(part.columns)
+        else:
+            parts.append(x[[c]])
+    return pd.concat(parts, axis=1), onehot
+
+
+def _not_a_number(column: pd.Series) -> str:
+    """The first value of a text column that is not a number: the one to look at."""
+    values = column.dropna().astype(str)
+    numbers = pd.to_numeric(values, errors="coerce")
+    odd = values[numbers.isna()]
+    return odd.iloc[0] if len(odd) else (values.iloc[0] if len(values) else "?")
 
 
 def detect_task(y: pd.DataFrame, task: str, max_classes: int) -> str:
@@ -190,8 +338,10 @@ def detect_task(y: pd.DataFrame, task: str, max_classes: int) -> str:
     if y.shape[1] != 1:
         raise ConfigError(f"data.target={list(y.columns)}: classification takes one target column")
     n = y.iloc[:, 0].nunique()
-    if n < 2:
-        raise ConfigError(f"data.target={y.columns[0]!r}: one class only ({y.iloc[0, 0]!r}); classification needs two or more")
+    if n < 2:  # task=auto included: an integer column with one value is a one-class problem, not a regression
+        value = y.iloc[0, 0]
+        value = value.item() if isinstance(value, np.generic) else value  # 7, not np.int64(7)
+        raise ConfigError(f"data.target={y.columns[0]!r}: one class only ({value!r}); classification needs two or more")
     return "binary" if n == 2 else "multiclass"
 
 
@@ -203,35 +353,37 @@ def encode_target(y: pd.DataFrame, task: str) -> tuple[torch.Tensor, list | None
     return (codes.float()[:, None] if task == "binary" else codes), list(classes)
 
 
-def check_finite(x: pd.DataFrame, y: pd.DataFrame, where: str) -> None:
-    bad = ~np.isfinite(x.to_numpy(dtype=np.float64)).all(1)
-    if any(pd.api.types.is_numeric_dtype(y[c]) for c in y.columns):
-        num = y.select_dtypes("number")
-        bad |= ~np.isfinite(num.to_numpy(dtype=np.float64)).all(1)
-    bad |= y.isna().any(axis=1).to_numpy()
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        shown = ", ".join(str(r + 1) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
-        raise ConfigError(f"{where}: missing or non-finite values in {len(rows)} data row(s): {shown} "
-                          f"(1-based, after the header)")
-
-
-def user_data(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Call data._target_ with the node's other keys; it returns (x, y) arrays or tensors."""
+def user_data(cfg: DictConfig) -> Table:
+    """Call data._target_ with the node's other keys; it returns (x, y) arrays or tensors of numbers.
+    data.missing and data.categorical are CSV keys: here a missing value is always an error."""
     fn = import_object(cfg._target_, "data._target_")
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in _DEEPRUN_KEYS}
     if "seed" in inspect.signature(fn).parameters:
         kwargs["seed"] = cfg.seed
-    x, y = fn(**kwargs)
-    x, y = (np.asarray(v.cpu() if torch.is_tensor(v) else v) for v in (x, y))
-    if x.ndim == 1:
-        x = x[:, None]
-    if y.ndim == 1:
-        y = y[:, None]
-    return pd.DataFrame(x), pd.DataFrame(y)
+    where = f"data._target_={cfg._target_!r}"
+    out = fn(**kwargs)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ConfigError(f"{where}: returned {type(out).__name__}; it must return a pair (x, y)")
+    x, y = (np.asarray(v.detach().cpu() if torch.is_tensor(v) else v) for v in out)
+    x, y = (v[:, None] if v.ndim == 1 else v for v in (x, y))
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
+        raise ConfigError(f"{where}: returned x of shape {x.shape} and y of shape {y.shape}; "
+                          f"x must be (N, n_in) or (N,), y (N, n_out) or (N,), with the same N")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise ConfigError(f"{where}: x holds {x.dtype} values, not numbers; encode them before returning x")
+    x_df = pd.DataFrame(x, columns=[f"x[:, {j}]" for j in range(x.shape[1])])
+    y_df = pd.DataFrame(y, columns=[f"y[:, {j}]" for j in range(y.shape[1])])
+    both = pd.concat([x_df, y_df], axis=1)
+    bad = bad_cells(both)
+    if bad.any():
+        rows, columns = bad.any(axis=1), [c for c, b in zip(both.columns, bad.any(axis=0)) if b]
+        raise ConfigError(f"{where}: missing or non-finite values (nan, inf, beyond float32) in {rows.sum()} row(s): "
+                          f"{_first(np.flatnonzero(rows))} (0-based, as x[i] and y[i]), column(s): {_first(columns)}")
+    return Table(x_df, y_df)
 
 
-_DEEPRUN_KEYS = ("name", "_target_", "task", "max_classes", "val_fraction", "seed")  # not passed to _target_
+# not passed to _target_ (max_rows: debug=smoke sets it on every data node)
+_DEEPRUN_KEYS = ("name", "_target_", "task", "max_classes", "val_fraction", "seed", "max_rows")
 
 
 # --- the builder ----------------------------------------------------------------
@@ -262,12 +414,12 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
     """The configured data set, split and on `device` (default: cfg.device); cfg is the whole run config."""
     device = device if device is not None else resolve_device(cfg.device.name)
     node = cfg.data
+    table = None
     if "_target_" in node or node.name == "csv":
-        x_df, y_df = user_data(node) if "_target_" in node else read_csv(node)
-        check_finite(x_df, y_df, f"data.path={node.path!r}" if node.name == "csv" else "data._target_")
-        task = detect_task(y_df, node.task, node.max_classes)
-        y, classes = encode_target(y_df, task)
-        x = torch.from_numpy(x_df.to_numpy(dtype=np.float32, copy=True))
+        table = user_data(node) if "_target_" in node else read_csv(node)
+        task = detect_task(table.y, node.task, node.max_classes)
+        y, classes = encode_target(table.y, task)
+        x = torch.from_numpy(table.x.to_numpy(dtype=np.float32, copy=True))
         image_shape = node.get("image_shape")
         if image_shape is not None and math.prod(image_shape) != x.shape[1]:
             raise ConfigError(f"data.image_shape={list(image_shape)}: {math.prod(image_shape)} pixels (C*H*W), but "
@@ -284,13 +436,21 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
         keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(node.seed))[:max_rows]
         x, y = x[keep], y[keep]
     train, val = split(len(x), node.val_fraction, node.seed)
+    if table is not None and task != "regression" and len(y[train].unique()) < 2:
+        label = classes[int(y[train][0])]
+        raise ConfigError(f"data.target={str(table.y.columns[0])!r}: the training split holds one class only ({label!r}; "
+                          f"the others fell in the validation split); add rows, or try another data.seed")
     if node.name == "csv":  # standardise with the training split's statistics only
         if node.image_shape is not None:  # one mean and std over all pixels: a blank border pixel has no std
             mean, std = x[train].mean(), x[train].std()
             x = ((x - mean) / (std if std > 0 else 1)).view(len(x), *node.image_shape)
         else:
             mean, std = x[train].mean(0), x[train].std(0)
-            x = (x - mean) / torch.where(std > 0, std, torch.ones_like(std))
+            std = torch.where(std > 0, std, torch.ones_like(std))  # a constant column becomes 0, not 0/0
+            onehot = torch.tensor([c in table.onehot for c in table.x.columns])
+            mean[onehot], std[onehot] = 0.0, 1.0  # one-hot columns stay 0/1: a rare value would grow to ~sqrt(N)
+            x = (x - mean) / std
     n_out = y.shape[1] if task != "multiclass" else len(classes)
     to = lambda t: t.to(device)
-    return Data(to(x[train]), to(y[train]), to(x[val]), to(y[val]), task, n_out, classes)
+    return Data(to(x[train]), to(y[train]), to(x[val]), to(y[val]), task, n_out, classes,
+                table.rows_dropped if table is not None else 0)

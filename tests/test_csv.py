@@ -1,0 +1,332 @@
+"""data=csv on awkward files: each one trains, or ends in one line naming the key, the file or the column.
+
+Most tests build the data in-process (``deeprun.build_data``) from a small file in
+tmp_path, the working directory, and check the ConfigError's exact text or the
+tensors. A few run the `deeprun` console script on representative bad files for
+what only the CLI shows: exit status 2, one line on stderr, no traceback, and no
+run records left behind. tests/test_errors.py holds the older CSV cases (missing
+file, empty file, unknown target, a text column, an empty cell, one class).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import deeprun
+from deeprun import data as data_module
+from deeprun.config import ConfigError
+
+from conftest import run_cli
+
+SMALL = ["device=cpu", "epochs=2", "depth=2", "width=8", "log.progress=false", "data=csv"]
+HOUSES = "area,rooms,price\n50,1,100\n60,2,130\n70,3,160\n80,2,170\n90,4,200\n"
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own directory, so data.path (and the error text) is just the file name."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(text: str | bytes, name: str = "t.csv") -> str:
+    with open(name, "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+    return name
+
+
+def cfg(text: str | bytes, *overrides: str, target: str = "price"):
+    return deeprun.compose([*SMALL, f"data.path={write(text)}", f"data.target={target}", *overrides])
+
+
+def build(text: str | bytes, *overrides: str, target: str = "price") -> data_module.Data:
+    return deeprun.build_data(cfg(text, *overrides, target=target))
+
+
+def error(text: str | bytes, *overrides: str, target: str = "price") -> str:
+    with pytest.raises(ConfigError) as info:
+        build(text, *overrides, target=target)
+    return str(info.value)
+
+
+# --- the file's shape ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [b"", b"\n\n\n", b"\xef\xbb\xbf"], ids=["0-bytes", "blank-lines", "bom-only"])
+def test_empty_file(text):
+    assert error(text) == "data.path='t.csv': the file is empty"
+
+
+def test_header_only():
+    assert error("area,rooms,price\n") == "data.path='t.csv': 0 data row(s); at least 2 are needed"
+
+
+def test_one_data_row():
+    assert error("area,rooms,price\n50,1,100\n") == "data.path='t.csv': 1 data row(s); at least 2 are needed"
+
+
+def test_duplicate_column_names():
+    # pandas would call the second one area.1; data.target=area or data.features=[area] would be a guess
+    assert error("area,area,price\n50,1,100\n60,2,130\n70,3,160\n") == (
+        "data.path='t.csv': column 'area' appears 2 times in the header; data.target and data.features "
+        "pick columns by name, so names must be unique")
+
+
+def test_ragged_row_names_the_line():
+    assert error("area,rooms,price\n50,1,100\n60,2,130,7\n70,3,160\n") == (
+        "data.path='t.csv': not a readable CSV file (Error tokenizing data. C error: Expected 3 fields in line 3, saw 4)")
+
+
+def test_not_utf8():
+    assert error("city,area,price\nK\xf8ge,50,100\nOslo,60,130\n".encode("latin-1")) == (
+        "data.path='t.csv': not UTF-8 text (invalid start byte at byte 17); save it as UTF-8")
+
+
+def test_feature_also_target_or_twice():
+    assert error(HOUSES, "data.features=[area,price]") == "data.features: column 'price' is data.target too"
+    assert error(HOUSES, "data.features=[area,rooms,area]") == "data.features: column 'area' is listed twice"
+
+
+def test_integer_column_name_as_target():
+    data = build("1999,2020\n1,2\n2,4.5\n3,6\n4,8\n", target="2020")
+    assert data.task == "regression" and data.n_in == 1
+
+
+# --- delimiters and the byte-order mark -----------------------------------------------------
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_delimiter_detected(sep):
+    data = build(HOUSES.replace(",", sep), "data.task=regression")
+    assert (data.task, data.n_in, len(data.x_train) + len(data.x_val)) == ("regression", 2, 5)
+
+
+def test_semicolon_with_decimal_commas_in_some_rows():
+    # counting commas in the header alone would not do: comma splits some rows into 3, semicolon all into 2
+    text = "area;price\n50,5;100\n60;130\n70;160\n"
+    assert data_module._peek(write(text), "auto")[0] == ";"
+    # read with ';', 50,5 is text: the error says what it looks like
+    assert error(text) == (
+        "data.features: column 'area' of t.csv is not numeric (e.g. '50,5') (a decimal comma? "
+        "deeprun reads 1.5, not 1,5); one-hot encode with data.categorical=onehot, or list numeric columns "
+        "with data.features=[...]")
+
+
+def test_comma_file_with_semicolons_in_text():
+    text = "area,note,price\n50,a;b,100\n60,c;d,130\n70,e;f,160\n80,\"g;h\",170\n"
+    data = build(text, "data.features=[area]", "data.task=regression")
+    assert data.n_in == 1 and len(data.x_train) + len(data.x_val) == 4
+
+
+def test_delimiter_given_is_used():
+    semicolons = HOUSES.replace(",", ";")
+    assert build(semicolons, "data.delimiter=semicolon", "data.task=regression").n_in == 2
+    assert error(semicolons, "data.delimiter=comma") == (
+        "data.target: column 'price' not in t.csv; columns: area;rooms;price")
+
+
+def test_bom_is_not_part_of_the_first_name():
+    path = write("\ufeffarea,rooms,price\n50,1,100\n60,2,130\n70,3,160\n".encode("utf-8"))
+    table = data_module.read_csv(deeprun.compose([*SMALL, f"data.path={path}", "data.target=area"]).data)
+    assert list(table.y.columns) == ["area"] and list(table.x.columns) == ["rooms", "price"]
+
+
+# --- text columns ------------------------------------------------------------------------------
+
+SHOPS = ("area,city,kind,price\n50,Oslo,flat,100\n60,Bergen,house,130\n70,Oslo,flat,160\n"
+         "80,Tromso,house,170\n90,Bergen,flat,200\n100,Oslo,house,230\n")
+
+
+def test_text_columns_are_an_error_by_default():
+    assert error(SHOPS) == (
+        "data.features: columns 'city', 'kind' of t.csv are not numeric (e.g. 'Oslo' in 'city'); "
+        "one-hot encode with data.categorical=onehot, or list numeric columns with data.features=[...]")
+
+
+def test_the_example_is_the_value_that_is_not_a_number():
+    assert "(e.g. 'n.a.')" in error("area,rooms,price\n50,1,100\n60,n.a.,130\n70,3,160\n")
+
+
+def test_onehot_columns_in_place_and_kept_0_1():
+    table = data_module.read_csv(cfg(SHOPS, "data.categorical=onehot").data)
+    assert list(table.x.columns) == ["area", "city=Bergen", "city=Oslo", "city=Tromso", "kind=flat", "kind=house"]
+    assert table.onehot == list(table.x.columns[1:])
+    data = build(SHOPS, "data.categorical=onehot", "data.task=regression")
+    x = torch.cat([data.x_train, data.x_val])
+    assert data.n_in == 6
+    assert set(x[:, 1:].unique().tolist()) == {0.0, 1.0}  # not standardised
+    assert torch.equal(x[:, 1:].sum(1), torch.full((6,), 2.0))  # one value per text column
+    assert abs(data.x_train[:, 0].mean().item()) < 1e-5  # the number column is
+
+
+def test_onehot_refuses_an_id_column(monkeypatch):
+    monkeypatch.setattr(data_module, "MAX_CATEGORIES", 3)
+    text = "name,area,price\n" + "".join(f"n{i},{i},{i * 2}\n" for i in range(5))
+    assert error(text, "data.categorical=onehot") == (
+        "data.categorical=onehot: column 'name' of t.csv has 5 distinct values (at most 3: one column each); "
+        "leave it out with data.features=[...]")
+
+
+# --- missing and non-finite cells --------------------------------------------------------------
+
+HOLES = ("area,rooms,note,price\n50,1,a,100\n60,,b,130\n70,3,,160\n80,inf,d,\n90,4,e,200\n"
+         "100,5,f,230\n110,nan,g,260\n120,1e39,h,290\n130,6,i,-inf\n140,7,j,320\n150,8,k,nan\n")
+
+
+def test_missing_cells_name_rows_and_columns():
+    # the note column's hole counts only when note is in use
+    assert error(HOLES, "data.features=[area,rooms]") == (
+        "data.path='t.csv': missing or non-finite values (empty, nan, inf, beyond float32) in 6 data row(s): "
+        "2, 4, 7, 8, 9 ... (1-based, after the header), column(s): rooms, price; data.missing=drop leaves such rows out")
+
+
+def test_missing_drop_keeps_the_other_rows():
+    data = build(HOLES, "data.features=[area,rooms]", "data.missing=drop", "data.task=regression")
+    x = torch.cat([data.x_train, data.x_val])
+    assert (data.rows_dropped, len(x)) == (6, 5)  # rows 2, 4, 7, 8, 9, 11 go; row 3's hole is in note
+    assert torch.isfinite(x).all()
+
+
+def test_missing_drop_text_cells_before_onehot():
+    data = build(HOLES, "data.missing=drop", "data.categorical=onehot", "data.task=regression")
+    assert (data.rows_dropped, data.n_in) == (7, 2 + 4)  # row 3 goes too; notes a, e, f, j are left
+
+
+def test_missing_drop_needs_two_rows_left():
+    text = "area,price\n50,\n60,\n,160\n80,170\n"
+    assert error(text, "data.missing=drop") == (
+        "data.path='t.csv': 1 data row(s) left after data.missing=drop dropped 3; at least 2 are needed")
+
+
+# --- constant columns and one-class targets ----------------------------------------------------
+
+
+def test_constant_column_becomes_zero_and_trains():
+    text = "area,floor,price\n" + "".join(f"{50 + 7 * i},3,{100 + 13 * i % 40}.5\n" for i in range(20))
+    data = build(text)
+    assert torch.isfinite(data.x_train).all() and torch.isfinite(data.x_val).all()
+    assert data.x_train[:, 1].eq(0).all() and data.x_val[:, 1].eq(0).all()
+    result = deeprun.run(cfg(text))
+    assert result.summary["status"] == "completed" and math.isfinite(result.summary["final_train_loss"])
+
+
+def test_constant_regression_target_trains_with_r2_nan():
+    text = "area,rooms,price\n" + "".join(f"{50 + i},{i % 3},2.5\n" for i in range(10))
+    result = deeprun.run(cfg(text))
+    assert result.summary["status"] == "completed" and result.summary["task"] == "regression"
+    assert math.isnan(result.summary["val_r2"]) and math.isfinite(result.summary["final_val_loss"])
+
+
+def test_integer_target_with_one_value_is_one_class():
+    # task=auto takes few integers as classes; one class leaves nothing to learn
+    assert error("area,label\n1,7\n2,7\n3,7\n", target="label") == (
+        "data.target='label': one class only (7); classification needs two or more")
+
+
+def test_training_split_with_one_class():
+    n, (train, val) = 5, data_module.split(5, 0.2, 0)
+    labels = ["a"] * n
+    labels[int(val[0])] = "b"  # the only b falls in the validation split
+    text = "area,label\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels))
+    assert error(text, target="label") == (
+        "data.target='label': the training split holds one class only ('a'; the others fell in the validation "
+        "split); add rows, or try another data.seed")
+
+
+# --- the new keys ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, allowed", [("missing", "error, drop"), ("categorical", "error, onehot"),
+                                          ("delimiter", "auto, comma, semicolon, tab, pipe")])
+def test_new_keys_take_their_choices_only(key, allowed):
+    with pytest.raises(ConfigError) as info:
+        cfg(HOUSES, f"data.{key}=';'")
+    assert str(info.value) == f"data.{key}=';': must be one of: {allowed}"
+
+
+def test_everything_at_once_trains():
+    """BOM, semicolons, a text column, a hole: the run trains on 1 + 3 one-hot features."""
+    text = "\ufeffarea;city;price\n" + "".join(f"{50 + i};{'ABC'[i % 3]};{100 + 3 * i}.5\n" for i in range(12))
+    text += "62;;140.5\n"
+    c = cfg(text.encode(), "data.missing=drop", "data.categorical=onehot")
+    data = deeprun.build_data(c)
+    assert (data.n_in, data.rows_dropped, len(data.x_train) + len(data.x_val)) == (4, 1, 12)
+    result = deeprun.run(c)
+    assert result.summary["status"] == "completed"
+    assert result.summary["params"] == (4 * 8 + 8) + (8 * 8 + 8) + (8 + 1)  # depth 2, width 8: 4 inputs
+
+
+# --- data=custom: the same checks, CSV keys aside ----------------------------------------------
+
+SETS = '''import numpy as np
+
+def holes(**kw):
+    x = np.ones((6, 2)); x[4, 1] = np.nan
+    return x, np.arange(6.0)
+
+def text(**kw):
+    return np.array([["a", "b"]] * 4), np.arange(4.0)
+
+def ragged(**kw):
+    return np.ones((4, 2)), np.arange(5.0)
+
+def fine(missing="kept", max_rows=None):  # a user key named like a CSV key is the user's
+    assert missing == "kept" and max_rows is None
+    return np.random.default_rng(0).normal(size=(40, 3)), np.arange(40.0)
+'''
+
+
+@pytest.mark.parametrize("fn, says", [
+    ("holes", "data._target_='csv_sets.holes': missing or non-finite values (nan, inf, beyond float32) in 1 row(s): "
+              "4 (0-based, as x[i] and y[i]), column(s): x[:, 1]"),
+    ("text", "data._target_='csv_sets.text': x holds <U1 values, not numbers; encode them before returning x"),
+    ("ragged", "data._target_='csv_sets.ragged': returned x of shape (4, 2) and y of shape (5, 1); x must be "
+               "(N, n_in) or (N,), y (N, n_out) or (N,), with the same N"),
+])
+def test_custom_data_errors(in_tmp, fn, says):
+    (in_tmp / "csv_sets.py").write_text(SETS)
+    with pytest.raises(ConfigError) as info:
+        deeprun.build_data(deeprun.compose(["device=cpu", "data=custom", f"data._target_=csv_sets.{fn}"]))
+    assert str(info.value) == says
+
+
+def test_custom_data_gets_its_own_keys_only(in_tmp):
+    (in_tmp / "csv_sets.py").write_text(SETS)
+    c = deeprun.compose(["device=cpu", "data=custom", "data._target_=csv_sets.fine", "+data.missing=kept", "debug=smoke"])
+    data = deeprun.build_data(c)
+    assert (data.task, data.n_in, data.rows_dropped) == ("regression", 3, 0)
+
+
+# --- through the CLI: exit 2, one line, no traceback, no records ---------------------------------
+
+BAD = {
+    "duplicate-names": ("x,x,price\n1,2,3\n4,5,6\n7,8,9\n", ["data.target=price"], "data.path='t.csv': column 'x' appears 2 times"),
+    "header-only": ("area,rooms,price\n", ["data.target=price"], "data.path='t.csv': 0 data row(s); at least 2 are needed"),
+    "inf-cell": ("area,rooms,price\n1,2,3\n4,inf,6\n7,8,9\n", ["data.target=price"],
+                 "data.path='t.csv': missing or non-finite values (empty, nan, inf, beyond float32) in 1 data row(s): 2"),
+    "one-class-in-training": ("area,label\n0,a\n1,a\n2,a\n3,a\n4,b\n", ["data.target=label", "data.val_fraction=0.2"],
+                              None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_cli_bad_file(in_tmp, case):
+    text, args, says = BAD[case]
+    if case == "one-class-in-training":  # put the only b where the seeded split sends validation rows
+        _, val = data_module.split(5, 0.2, 0)
+        rows = ["a"] * 5
+        rows[int(val[0])] = "b"
+        text = "area,label\n" + "".join(f"{i},{r}\n" for i, r in enumerate(rows))
+        says = "data.target='label': the training split holds one class only ('a'"
+    write(text)
+    p = run_cli("data=csv", "data.path=t.csv", *args, "epochs=1", "log.progress=false",
+                cwd=in_tmp, env={"OMP_NUM_THREADS": "1"})
+    shown = f"exit {p.returncode}\n--- stdout\n{p.stdout}--- stderr\n{p.stderr}"
+    assert p.returncode == 2, shown
+    assert "Traceback" not in p.stdout + p.stderr and p.stdout == "", shown
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"deeprun: error: {says}"), shown
+    assert sorted(q.name for q in in_tmp.rglob("*") if q.is_file()) == ["t.csv"], "run records left behind"
