@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
 ARGS ?=
 
-.PHONY: help install run test test-fast bench clean
+.PHONY: help install run test test-fast bench experiments clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed  ## create .venv and install deeprun (editable) with test tools
 
@@ -33,6 +33,9 @@ bench: install  ## deeprun vs a hand-written loop and Lightning, as ratios; swee
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[bench]'
 	$(PY) bench/bench.py
 	$(PY) bench/sweep_bench.py
+
+experiments: install  ## run the seed presets, rewrite docs/experiments.md (ARGS="--only width_vs_depth")
+	$(PY) docs/experiments.py $(ARGS)
 
 clean:  ## remove the environment and caches (keeps outputs/)
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
