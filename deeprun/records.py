@@ -183,7 +183,21 @@ def results_frame(paths: list[str | Path], relative_to: Path | None = None) -> p
             continue
         run = run_dir.relative_to(relative_to) if relative_to is not None and run_dir.is_relative_to(relative_to) else run_dir
         rows.append({**summary, "overrides": _overrides(run_dir), "run": str(run)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=column_order(rows))
+
+
+def column_order(key_lists) -> list[str]:
+    """The columns of several rows (or tables) merged: every config key, i.e. one before `status`
+    (display.config_columns), ahead of `status`, even one that only a later row has (a resnet's
+    model.residual_scale after an mlp job); then the rest, each in order of first appearance."""
+    config: dict[str, None] = {}
+    rest: dict[str, None] = {}
+    for keys in key_lists:
+        keys = list(keys)
+        cut = keys.index("status") if "status" in keys else len(keys)
+        config.update(dict.fromkeys(k for k in keys[:cut] if k not in rest))
+        rest.update(dict.fromkeys(k for k in keys[cut:] if k not in config))
+    return [*config, *rest]
 
 
 def _overrides(run_dir: Path) -> str | None:

@@ -136,7 +136,7 @@ def add_result(directory: Path, run_dir: Path) -> None:
     directory): a job reads one table, not every record of the sweep, so a long sweep stays cheap."""
     import pandas as pd
 
-    from .records import RESULTS, natural_key, results_frame, write_table
+    from .records import RESULTS, column_order, natural_key, results_frame, write_table
 
     with _locked(directory):
         row = results_frame([run_dir], relative_to=directory)
@@ -145,7 +145,8 @@ def add_result(directory: Path, run_dir: Path) -> None:
         path = directory / RESULTS
         if path.exists():
             table = pd.read_csv(path)
-            table = pd.concat([table[table["run"] != row["run"].iloc[0]], row], ignore_index=True)
+            order = column_order([table.columns, row.columns])
+            table = pd.concat([table[table["run"] != row["run"].iloc[0]], row], ignore_index=True)[order]
             table = table.iloc[sorted(range(len(table)), key=lambda i: natural_key(table["run"].iloc[i]))]
         else:
             table = row

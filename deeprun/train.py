@@ -26,15 +26,21 @@ from .data import LOSSES, Data
 from .models import MODE_FREE
 from .probes import Probes
 
-# foreach=True: one kernel per step for all parameters, where torch's default is one per
-# parameter off CUDA; on seed 001's model D that is a third of Adam's step and a quarter of SGD's
+# foreach=True: one kernel per update for all parameters, where torch's default off CUDA is one
+# per parameter; on seed 001's model D that is a third of Adam's step and a quarter of SGD's. Its
+# temporaries are lists of parameter-sized tensors, though, and on a big CPU net they cost more in
+# fresh memory than they save (Adam on 100 M weights: twice the time), so nets with more than
+# FOREACH_LIMIT parameters keep torch's default (foreach on CUDA, the loop elsewhere).
+FOREACH_LIMIT = 1 << 20
 OPTIMIZERS = {
-    "sgd": lambda p, lr, c: torch.optim.SGD(p, lr=lr, momentum=c.momentum, nesterov=c.nesterov,
-                                            weight_decay=c.weight_decay, foreach=True),
-    "adam": lambda p, lr, c: torch.optim.Adam(p, lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay, foreach=True),
-    "adamw": lambda p, lr, c: torch.optim.AdamW(p, lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay, foreach=True),
-    "rmsprop": lambda p, lr, c: torch.optim.RMSprop(p, lr=lr, alpha=c.alpha, momentum=c.momentum,
-                                                    weight_decay=c.weight_decay, foreach=True),
+    "sgd": lambda p, lr, c, foreach: torch.optim.SGD(p, lr=lr, momentum=c.momentum, nesterov=c.nesterov,
+                                                     weight_decay=c.weight_decay, foreach=foreach),
+    "adam": lambda p, lr, c, foreach: torch.optim.Adam(p, lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay,
+                                                       foreach=foreach),
+    "adamw": lambda p, lr, c, foreach: torch.optim.AdamW(p, lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay,
+                                                         foreach=foreach),
+    "rmsprop": lambda p, lr, c, foreach: torch.optim.RMSprop(p, lr=lr, alpha=c.alpha, momentum=c.momentum,
+                                                             weight_decay=c.weight_decay, foreach=foreach),
 }
 SCHEDULERS = {
     "none": lambda opt, c, epochs: None,
@@ -49,7 +55,8 @@ EVAL_CHUNK = 8192  # rows per forward pass when evaluating; the first chunk is t
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum <= 0:
         raise ConfigError("optimizer.nesterov=true: needs optimizer.momentum > 0")
-    return lookup(OPTIMIZERS, cfg.optimizer.name, "optimizer")(model.parameters(), cfg.lr, cfg.optimizer)
+    foreach = True if sum(p.numel() for p in model.parameters()) <= FOREACH_LIMIT else None
+    return lookup(OPTIMIZERS, cfg.optimizer.name, "optimizer")(model.parameters(), cfg.lr, cfg.optimizer, foreach)
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):

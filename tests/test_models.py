@@ -331,6 +331,11 @@ def test_optimizers_step_with_foreach_kernels_and_match_torchs_default_loop(name
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_a_big_net_keeps_torchs_default_loop_off_cuda():
+    """foreach's temporaries cost a big CPU net more than its single kernel saves."""
+    assert build_optimizer(cpu("optimizer=adam"), nn.Linear(1100, 1000)).defaults["foreach"] is None
+
+
 def test_nesterov_without_momentum_is_a_config_error():
     cfg = cpu("optimizer=sgd", "optimizer.nesterov=true")
     with pytest.raises(ConfigError, match=r"optimizer.nesterov=true: needs optimizer.momentum > 0"):

@@ -385,3 +385,19 @@ def test_records_are_readable_by_others_as_the_umask_allows(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~0o022
+
+
+def test_a_config_key_only_later_jobs_have_still_comes_before_status(tmp_path):
+    """A grid of mlp and resnet jobs: model.residual_scale is config, whichever job came first."""
+    from deeprun.records import results_frame
+
+    first = {"model": "mlp", "depth": 2, "status": "completed", "final_train_loss": 0.5}
+    later = {"model": "resnet", "model.residual_scale": "rezero", "depth": 2, "status": "completed",
+             "final_train_loss": 0.25}
+    for i, summary in enumerate([first, later]):
+        (tmp_path / f"{i}_job").mkdir()
+        (tmp_path / f"{i}_job" / "summary.json").write_text(json.dumps(summary))
+        sweep.add_result(tmp_path, tmp_path / f"{i}_job")
+    expected = ["model", "depth", "model.residual_scale", "status", "final_train_loss", "overrides", "run"]
+    assert list(pd.read_csv(tmp_path / "results.csv").columns) == expected  # row by row, as jobs finish
+    assert list(results_frame([tmp_path]).columns) == expected  # the whole table, as the sweep ends
