@@ -139,8 +139,13 @@ def _discard_unused(run_dir: Path, mistaken: bool = False) -> None:
             (run_dir / name).unlink(missing_ok=True)
     if not (run_dir / SUMMARY).exists():
         shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
-        with contextlib.suppress(OSError):
+        outputs = (Path.cwd() / "outputs").resolve()
+        with contextlib.suppress(OSError):  # rmdir stops at the first folder that holds anything
             run_dir.rmdir()
+            for folder in run_dir.resolve().parents:  # outputs/runs/<day> of the default run.dir, if now empty
+                if folder == outputs or outputs not in folder.parents:
+                    break
+                folder.rmdir()
 
 
 def _group_literal(args: list[str]) -> Optional[ConfigError]:

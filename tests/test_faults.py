@@ -128,3 +128,12 @@ def test_a_user_model_raising_mid_sweep_fails_its_job_only(tmp_path):
     # forward calls: 1 the probes' trace, 2 and 3 epoch 0's (training batch, validation), 4 epoch 1's: raised
     epochs = pd.read_csv(failed / "epochs.csv")
     assert list(epochs.epoch) == [0]  # what it finished before the error, intact
+
+
+def test_a_config_error_leaves_no_folders_under_outputs(tmp_path):
+    """Hydra makes outputs/runs/<day>/<time>/ before deeprun sees the config: a mistake removes them all."""
+    (tmp_path / "outputs" / "keep").mkdir(parents=True)  # the user's own: untouched
+    p = run_cli("init=checkpoint", "init.path=nope.pt", cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert one_line(p).startswith("deeprun: error: init.path='nope.pt': no such file")
+    assert sorted(str(x.relative_to(tmp_path)) for x in tmp_path.rglob("*")) == ["outputs", "outputs/keep"]
