@@ -60,7 +60,7 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         data = build_data(cfg, device)
         history.metric = data.metric
         model = build_model(cfg, data)
-        row.update(task=data.task, params=count_params(model))
+        row.update(task=data.task, params=count_params(model), rows_dropped=data.rows_dropped)  # data.missing=drop
         _checkpoint(out, cfg, "init", model)
         show = cfg.log.progress if progress is None else progress
         with display.epoch_progress(cfg.epochs, enabled=show) as on_log:

@@ -8,9 +8,9 @@ joblib, submitit) run them. deeprun adds what they lack:
   never share one, not even when a re-run numbers them differently;
 - ``resume=true`` skips a job whose config (``config_key``) already has a finished record
   in the sweep directory, whatever its job number;
-- ``results.csv`` is rebuilt from the job directories as each job ends and once more when
-  the sweep does, in the main process, so it is right whichever launcher ran the jobs and
-  however the sweep ended (Hydra's ``on_multirun_end`` is skipped when a job raises).
+- ``results.csv`` gets each job's row as the job ends, and is rebuilt from all the job
+  directories when the sweep does, in the main process, so it is right whichever launcher ran
+  the jobs and however the sweep ended (Hydra's ``on_multirun_end`` is skipped when a job raises).
 
 No torch here: the end of a sweep only reads records.
 """

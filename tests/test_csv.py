@@ -257,6 +257,7 @@ def test_everything_at_once_trains():
     result = deeprun.run(c)
     assert result.summary["status"] == "completed"
     assert result.summary["params"] == (4 * 8 + 8) + (8 * 8 + 8) + (8 + 1)  # depth 2, width 8: 4 inputs
+    assert result.summary["rows_dropped"] == 1  # the run's record says what data.missing=drop left out
 
 
 # --- data=custom: the same checks, CSV keys aside ----------------------------------------------
