@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeprun.probes import LAYER_COLUMNS, Probes
+from deeprun.probes import LAYER_COLUMNS, Probes, Reduced
 
 GRAD, WEIGHT, RATIO, MEAN, STD, DEAD, SAT = range(7)  # LAYER_COLUMNS order
 
@@ -83,7 +83,12 @@ def layout(request, monkeypatch):
 
 
 def test_the_layout_follows_the_size(layout):
-    assert (Probes(mlp(), batch())._views is not None) == (layout == "flat")
+    model, x = mlp(), batch()
+    probes = Probes(model, x)
+    assert (probes._views is not None) == (layout == "flat")
+    with torch.no_grad():
+        probes.forward(x)
+    assert all(isinstance(a, Reduced) == (layout == "per_layer") for a in probes._captured)  # big: reduced at once
 
 
 @pytest.mark.usefixtures("layout")
