@@ -58,11 +58,13 @@ class Probes:
         self.act_keep: list[int] = []  # call indices kept
         self.act_layer: list[int] = []  # the layer index of each kept call
         self.act_kinds: list[str] = []  # dead | tanh | sigmoid | plain: which fraction applies
-        for k, (layer, module) in enumerate(act_calls):
+        self._per_sample = 0  # values the kept activations of a forward pass hold per sample
+        for k, (layer, module, size) in enumerate(act_calls):
             if layer >= 0 and layer not in self.act_layer:
                 self.act_keep.append(k)
                 self.act_layer.append(layer)
                 self.act_kinds.append(_kind(module))
+                self._per_sample += size
         device = self.weights[0].device if self.weights else probe_x.device
         self.nan = torch.tensor(math.nan, device=device)
         self._zero = torch.zeros((), device=device)
@@ -94,11 +96,12 @@ class Probes:
         self._versions: list[int] = []
 
     @torch.no_grad()
-    def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], list[tuple[int, nn.Module]]]:
-        """Weight layers in forward order, and each activation call with the layer it follows."""
+    def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], list[tuple[int, nn.Module, int]]]:
+        """Weight layers in forward order, and each activation call with the layer it follows and
+        its output's size per sample."""
         named = {m: name for name, m in self.model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
         called: dict[str, nn.Module] = {}
-        acts: list[tuple[int, nn.Module]] = []
+        acts: list[tuple[int, nn.Module, int]] = []
         last = [-1]
 
         def on_layer(m, inp, out):
@@ -107,7 +110,7 @@ class Probes:
             last[0] = list(called).index(named[m])
 
         def on_act(m, inp, out):
-            acts.append((last[0], m))
+            acts.append((last[0], m, out[0].numel()))
 
         handles = [m.register_forward_hook(on_layer) for m in named]
         handles += [m.register_forward_hook(on_act) for m in self.model.modules() if isinstance(m, ACTIVATION_MODULES)]
@@ -169,8 +172,11 @@ class Probes:
     def capture(self):
         """Record activation outputs of the forward passes inside the block."""
         self._captured = []
-        handles = [m.register_forward_hook(lambda m, inp, out, kind=kind: self._captured.append(self._take(out, kind)))
-                   for m, kind in self._acts]
+
+        def take(out: torch.Tensor, kind: str) -> None:
+            out = out.detach()
+            self._captured.append(self._reduce(out, kind) if self._big(len(out)) else out)
+        handles = [m.register_forward_hook(lambda m, inp, out, kind=kind: take(out, kind)) for m, kind in self._acts]
         try:
             yield
         finally:
@@ -183,18 +189,19 @@ class Probes:
             with self.capture():
                 return self.model(x)
         self._captured = captured = []
+        big = self._big(len(x))
         for module, kind in self._flat:
             x = module(x)
             if kind is not None:
-                captured.append(self._take(x, kind))
+                captured.append(self._reduce(x, kind) if big else x)
         return x
 
-    def _take(self, a: torch.Tensor, kind: str) -> torch.Tensor | Reduced:
-        """What the epoch's read needs of one activation output: the output itself when all of them
-        together are small (`_activation_stats` stacks them), else its reductions, taken now."""
-        a = a.detach()
-        if a.numel() * len(self.act_keep) <= FLAT_LIMIT:
-            return a
+    def _big(self, rows: int) -> bool:
+        """Whether the kept activations of a pass over `rows` samples are too big to keep to the
+        epoch's read (`_activation_stats` stacks them); if so each is reduced as it comes."""
+        return rows * self._per_sample > FLAT_LIMIT
+
+    def _reduce(self, a: torch.Tensor, kind: str) -> Reduced:
         tail = ((a.abs() > 0.99).sum() if kind == "tanh" else ((a < 0.01) | (a > 0.99)).sum() if kind == "sigmoid"
                 else self._zero)
         units = [0, *range(2, a.dim())]  # reduce over samples and positions
