@@ -170,7 +170,7 @@ class Probes:
 
     @contextlib.contextmanager
     def capture(self):
-        """Record activation outputs of the forward passes inside the block."""
+        """Record the activation outputs of the forward passes inside the block (when big, their `Reduced`)."""
         self._captured = []
 
         def take(out: torch.Tensor, kind: str) -> None:
