@@ -383,7 +383,8 @@ def _grad_figure(groups: dict[str, list], subtitle: str):
     for ax, when in zip(axes, ("at initialisation (epoch 0)", f"after training ({end})")):
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(title=f"Gradient norm per layer, {when}", xlabel="layer index (0 = first layer; last = output head)")
+        # two lines: with a long legend beside them, one line ran into the next panel's title
+        ax.set(title=f"Gradient norm per layer\n{when}", xlabel="layer index (0 = first layer; last = output head)")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("‖∂loss/∂W‖ of the layer's weight (log scale)")
     _legend(figure, handles)

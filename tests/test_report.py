@@ -152,6 +152,21 @@ def test_plots_are_pngs_and_skip_runs_without_records(records, capsys, tmp_path)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(names)  # no temporary files left
 
 
+def test_grad_norm_panel_titles_do_not_overlap():
+    """With a legend of long labels beside them, the two panels' titles stay apart."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    layers = pd.DataFrame({"epoch": [0] * 9 + [1000] * 9, "layer": list(range(9)) * 2, "grad_norm": [0.1] * 18})
+    groups = {f"model.widths=[8, 8, 8, 8, 8, 8, 8, 8] act=sigmoid lr={i} (3 runs)": [(None, layers)] for i in range(8)}
+    figure = report._grad_figure(groups, "24 runs; model=mlp init=uniform")
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    left, right = (ax.title.get_window_extent(renderer) for ax in figure.axes)
+    assert left.x1 < right.x0, (left, right)
+    assert [ax.get_title() for ax in figure.axes] == ["Gradient norm per layer\nat initialisation (epoch 0)",
+                                                       "Gradient norm per layer\nafter training (epoch 1000)"]
+
+
 def test_pivot_of_named_rows_is_a_heatmap_png(records, capsys, tmp_path):
     run_report(capsys, records["sweep"], "--pivot", "act", "depth", "grad_norm_first", "--plot", tmp_path)
     assert (tmp_path / "pivot_grad_norm_first_by_act_and_depth.png").read_bytes()[:8] == PNG
