@@ -156,6 +156,11 @@ class Table:
     y: pd.DataFrame  # target columns; text targets are class labels
     onehot: list = field(default_factory=list)  # columns of x that data.categorical=onehot made: kept 0/1
     rows_dropped: int = 0  # rows data.missing=drop left out
+    source: str = ""  # a user's data._target_ (and y), which errors about the targets then name
+
+    def target_key(self) -> str:
+        """What an error about the targets names: the CSV's data.target, or the user's data._target_."""
+        return self.source or f"data.target={str(self.y.columns[0])!r}"
 
 
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}  # data.delimiter; auto picks one
@@ -322,8 +327,9 @@ def _not_a_number(column: pd.Series) -> str:
     return odd.iloc[0] if len(odd) else (values.iloc[0] if len(values) else "?")
 
 
-def detect_task(y: pd.DataFrame, task: str, max_classes: int) -> str:
+def detect_task(table: Table, task: str, max_classes: int) -> str:
     """regression | binary | multiclass, from data.task or from the target's values."""
+    y = table.y
     if task == "auto":
         col = y.iloc[:, 0]
         categorical = not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)
@@ -332,16 +338,16 @@ def detect_task(y: pd.DataFrame, task: str, max_classes: int) -> str:
     if task == "regression":
         bad = [c for c in y.columns if not pd.api.types.is_numeric_dtype(y[c])]
         if bad:
-            raise ConfigError(f"data.target: column {bad[0]!r} is not numeric; regression needs numbers "
+            raise ConfigError(f"{table.source or 'data.target'}: column {bad[0]!r} is not numeric; regression needs numbers "
                               f"(or set data.task=classification)")
         return "regression"
     if y.shape[1] != 1:
-        raise ConfigError(f"data.target={list(y.columns)}: classification takes one target column")
+        raise ConfigError(f"{table.source or f'data.target={list(y.columns)}'}: classification takes one target column")
     n = y.iloc[:, 0].nunique()
     if n < 2:  # task=auto included: an integer column with one value is a one-class problem, not a regression
         value = y.iloc[0, 0]
         value = value.item() if isinstance(value, np.generic) else value  # 7, not np.int64(7)
-        raise ConfigError(f"data.target={y.columns[0]!r}: one class only ({value!r}); classification needs two or more")
+        raise ConfigError(f"{table.target_key()}: one class only ({value!r}); classification needs two or more")
     return "binary" if n == 2 else "multiclass"
 
 
@@ -379,7 +385,7 @@ def user_data(cfg: DictConfig) -> Table:
         rows, columns = bad.any(axis=1), [c for c, b in zip(both.columns, bad.any(axis=0)) if b]
         raise ConfigError(f"{where}: missing or non-finite values (nan, inf, beyond float32) in {rows.sum()} row(s): "
                           f"{_first(np.flatnonzero(rows))} (0-based, as x[i] and y[i]), column(s): {_first(columns)}")
-    return Table(x_df, y_df)
+    return Table(x_df, y_df, source=f"{where}: y")
 
 
 # not passed to _target_ (max_rows: debug=smoke sets it on every data node)
@@ -417,7 +423,7 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
     table = None
     if "_target_" in node or node.name == "csv":
         table = user_data(node) if "_target_" in node else read_csv(node)
-        task = detect_task(table.y, node.task, node.max_classes)
+        task = detect_task(table, node.task, node.max_classes)
         y, classes = encode_target(table.y, task)
         x = torch.from_numpy(table.x.to_numpy(dtype=np.float32, copy=True))
         image_shape = node.get("image_shape")
@@ -438,7 +444,7 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
     train, val = split(len(x), node.val_fraction, node.seed)
     if table is not None and task != "regression" and len(y[train].unique()) < 2:
         label = classes[int(y[train][0])]
-        raise ConfigError(f"data.target={str(table.y.columns[0])!r}: the training split holds one class only ({label!r}; "
+        raise ConfigError(f"{table.target_key()}: the training split holds one class only ({label!r}; "
                           f"the others fell in the validation split); add rows, or try another data.seed")
     if node.name == "csv":  # standardise with the training split's statistics only
         if node.image_shape is not None:  # one mean and std over all pixels: a blank border pixel has no std

@@ -648,3 +648,11 @@ def test_custom_data_target(plugin, classes, task, n_out):
     assert_trained(result)
     assert result.summary["data"] == "custom"
     assert ("val_r2" if task == "regression" else "val_accuracy") in result.summary
+
+
+def test_custom_data_with_one_class_names_the_function(plugin):
+    """The targets' errors name the user's data._target_, not a data.target the user never set."""
+    cfg = cpu("data=custom", f"data._target_={PLUGIN}.make_data", "+data.n=40", "+data.classes=1")
+    with pytest.raises(ConfigError) as e:
+        deeprun.build_data(cfg, "cpu")
+    assert str(e.value) == f"data._target_='{PLUGIN}.make_data': y: one class only (0); classification needs two or more"
