@@ -185,6 +185,13 @@ def read_csv(cfg: DictConfig) -> Table:
         if c in targets or listed.count(c) > 1:
             raise ConfigError(f"data.features: column {c!r} " + ("is data.target too" if c in targets else "is listed twice"))
     features = listed or [c for c in table.columns if c not in targets]
+    # pandas names a header's empty cell "Unnamed: <position>"; such a column is nearly always the row
+    # index that DataFrame.to_csv writes by default, and as a feature it would hand the model row order
+    unnamed = [i for i, c in enumerate(table.columns) if c == f"Unnamed: {i}" and c in features]
+    if unnamed and not listed:
+        raise ConfigError(f"{where}: column {unnamed[0] + 1} has no name in the header (a row index, as pandas' "
+                          f"to_csv writes by default?); save the file with index=False, give the column a name to "
+                          f"use it as a feature, or list the features with data.features=[...]")
     if not features:
         raise ConfigError(f"{where}: no feature columns left besides the target {targets}")
     # Only the columns in use count: an empty cell in a column left out is no reason to stop.

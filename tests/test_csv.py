@@ -75,6 +75,17 @@ def test_duplicate_column_names():
         "pick columns by name, so names must be unique")
 
 
+def test_an_unnamed_index_column_is_not_taken_as_a_feature():
+    # what pandas' DataFrame.to_csv writes by default: the row index under an empty name
+    indexed = ",area,rooms,price\n0,50,1,100\n1,60,2,130\n2,70,3,160\n3,80,3,170\n"
+    assert error(indexed) == (
+        "data.path='t.csv': column 1 has no name in the header (a row index, as pandas' to_csv writes by default?); "
+        "save the file with index=False, give the column a name to use it as a feature, or list the features "
+        "with data.features=[...]")
+    assert build(indexed, "data.features=[area,rooms]").n_in == 2  # listed features leave it out
+    assert build(indexed.replace(",area", "id,area", 1)).n_in == 3  # named: the user's choice
+
+
 def test_ragged_row_names_the_line():
     assert error("area,rooms,price\n50,1,100\n60,2,130,7\n70,3,160\n") == (
         "data.path='t.csv': not a readable CSV file (Error tokenizing data. C error: Expected 3 fields in line 3, saw 4)")
