@@ -232,6 +232,7 @@ class CSVDataConfig(DataConfig):
     max_classes: int = 20  # auto: integer targets with at most this many values are classes
     image_shape: Optional[List[int]] = None  # [C, H, W]: each row's features are an image
     delimiter: str = "auto"  # auto | comma | semicolon | tab | pipe
+    decimal: str = "point"  # point | comma: 1.5 or 1,5
     missing: str = "error"  # error | drop: rows with an empty, NaN or infinite cell in a used column
     categorical: str = "error"  # error | onehot: text feature columns
 
@@ -330,6 +331,7 @@ CHOICES = {
 # data=csv's own keys (a custom data node passes keys of these names on to the user's _target_)
 CSV_CHOICES = {
     "delimiter": ("auto", "comma", "semicolon", "tab", "pipe"),
+    "decimal": ("point", "comma"),
     "missing": ("error", "drop"),
     "categorical": ("error", "onehot"),
 }
@@ -486,6 +488,9 @@ def _validate_data(data: DictConfig) -> None:
             raise ConfigError(f"data.path={path!r}: no such file (working directory: {os.getcwd()})")
         for key, allowed in CSV_CHOICES.items():
             _require(data[key] in allowed, f"data.{key}", data[key], "one of: " + ", ".join(allowed))
+        if data.decimal == "comma" and data.delimiter == "comma":
+            raise ConfigError("data.delimiter=comma: with data.decimal=comma it would split 1,5 in two; "
+                              "use semicolon, tab, pipe or auto")
         target = data.target  # an int names a column too: data.target=2020
         one = isinstance(target, (str, int)) and not isinstance(target, bool) and str(target) != ""
         if not (one or isinstance(target, ListConfig) and len(target) > 0):

@@ -164,6 +164,7 @@ class Table:
 
 
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}  # data.delimiter; auto picks one
+DECIMALS = {"point": ".", "comma": ","}  # data.decimal
 SNIFF_LINES = 20  # data.delimiter=auto reads the header and at most this many lines after it
 MAX_CATEGORIES = 1000  # data.categorical=onehot: a text column with more values is an ID or free text
 FLOAT32_MAX = np.finfo(np.float32).max  # a larger number becomes inf once it is a float32 tensor
@@ -173,7 +174,7 @@ def read_csv(cfg: DictConfig) -> Table:
     """The user's CSV file as features and targets, or a ConfigError naming what is wrong."""
     path = Path(cfg.path)
     where = f"data.path={str(path)!r}"
-    table = _read_table(path, cfg.delimiter, where)
+    table = _read_table(path, cfg.delimiter, cfg.decimal, where)
     # data.target=2020 reaches us as an int; the header's names are strings
     targets = [str(t) for t in ([cfg.target] if isinstance(cfg.target, (str, int)) else cfg.target)]
     listed = [str(c) for c in cfg.features or []]
@@ -203,10 +204,10 @@ def read_csv(cfg: DictConfig) -> Table:
     return Table(x, table[targets], onehot, dropped)
 
 
-def _read_table(path: Path, delimiter: str, where: str) -> pd.DataFrame:
+def _read_table(path: Path, delimiter: str, decimal: str, where: str) -> pd.DataFrame:
     """The whole file as pandas reads it, once the delimiter is known and the header's names are unique."""
     try:
-        sep, header = _peek(path, delimiter)
+        sep, header = _peek(path, delimiter, decimal)
         if not header:  # 0 bytes, or blank lines only
             raise ConfigError(f"{where}: the file is empty")
         # pandas renames a repeated name x to x.1, and data.target=x would pick one of them silently
@@ -218,7 +219,8 @@ def _read_table(path: Path, delimiter: str, where: str) -> pd.DataFrame:
         # skipinitialspace: "a, b" names columns a and b, not a and " b".
         # low_memory=False: pandas types each column on the whole file, not chunk by chunk, so a big file
         # with a stray text cell gives no DtypeWarning, whose lines would break the one-line error.
-        return pd.read_csv(path, sep=sep, encoding="utf-8-sig", skipinitialspace=True, low_memory=False)
+        return pd.read_csv(path, sep=sep, decimal=DECIMALS[decimal], encoding="utf-8-sig", skipinitialspace=True,
+                           low_memory=False)
     except pd.errors.EmptyDataError:
         raise ConfigError(f"{where}: the file is empty") from None
     except UnicodeDecodeError as e:
@@ -229,17 +231,19 @@ def _read_table(path: Path, delimiter: str, where: str) -> pd.DataFrame:
         raise ConfigError(f"{where}: cannot read it ({e.strerror or e})") from None
 
 
-def _peek(path: Path, delimiter: str) -> tuple[str, list[str]]:
+def _peek(path: Path, delimiter: str, decimal: str = "point") -> tuple[str, list[str]]:
     """(the delimiter, the header's names as written) from the first lines of the file.
 
     data.delimiter=auto tries comma, semicolon, tab and pipe, and takes the one that splits the header
-    into the most columns and every sampled line after it into as many (comma wins a tie). Without one
+    into the most columns and every sampled line after it into as many (comma wins a tie; with
+    data.decimal=comma, comma is not a candidate: it is inside the numbers). Without one
     that fits every line, the header decides alone, and pandas names the first line that does not fit.
     """
     with open(path, newline="", encoding="utf-8-sig") as f:
         lines = list(itertools.islice(f, SNIFF_LINES + 1))
     cut = len(lines) > SNIFF_LINES  # the sample may end inside a row: do not hold its last row against it
-    candidates = DELIMITERS.values() if delimiter == "auto" else [DELIMITERS[delimiter]]
+    candidates = ([d for d in DELIMITERS.values() if d != DECIMALS[decimal]] if delimiter == "auto"
+                  else [DELIMITERS[delimiter]])
     best = (",", [], False)  # (delimiter, rows, every row as wide as the header)
     for sep in candidates:
         rows = _rows(lines, sep)
@@ -308,7 +312,7 @@ def encode_features(x: pd.DataFrame, rule: str, name: str) -> tuple[pd.DataFrame
             what, example = f"column {text[0]!r} of {name} is", f"e.g. {value!r}"
         else:
             what, example = f"columns {_first(map(repr, text))} of {name} are", f"e.g. {value!r} in {text[0]!r}"
-        hint = " (a decimal comma? deeprun reads 1.5, not 1,5)" if value.replace(",", "", 1).isdigit() else ""
+        hint = " (a decimal comma? data.decimal=comma reads 1,5)" if value.replace(",", "", 1).isdigit() else ""
         raise ConfigError(f"data.features: {what} not numeric ({example}){hint}; one-hot encode with "
                           f"data.categorical=onehot, or list numeric columns with data.features=[...]")
     wide = [c for c in text if x[c].nunique() > MAX_CATEGORIES]

@@ -122,8 +122,29 @@ def test_semicolon_with_decimal_commas_in_some_rows():
     # read with ';', 50,5 is text: the error says what it looks like
     assert error(text) == (
         "data.features: column 'area' of t.csv is not numeric (e.g. '50,5') (a decimal comma? "
-        "deeprun reads 1.5, not 1,5); one-hot encode with data.categorical=onehot, or list numeric columns "
+        "data.decimal=comma reads 1,5); one-hot encode with data.categorical=onehot, or list numeric columns "
         "with data.features=[...]")
+
+
+def test_decimal_comma_reads_numbers_and_leaves_comma_out_of_auto():
+    text = "area;rooms;price\n50,5;1;100\n60;2;130,25\n70,75;3;160\n80;2;170\n"
+    data = build(text, "data.decimal=comma", target="area")
+    assert sorted(torch.cat([data.y_train, data.y_val]).flatten().tolist()) == [50.5, 60.0, 70.75, 80.0]
+    assert data.n_in == 2  # rooms and price, both numbers
+    # split at commas, every line of this file has 3 fields, at semicolons 2: auto would take comma,
+    # but with decimal commas the comma is inside the numbers
+    ambiguous = write("p,q;r,s\n1,5;2,5\n3,5;4,5\n")
+    assert data_module._peek(ambiguous, "auto", "point")[0] == ","
+    assert data_module._peek(ambiguous, "auto", "comma")[0] == ";"
+
+
+def test_decimal_comma_with_comma_delimiter_is_one_line(tmp_path):
+    write(HOUSES)
+    proc = run_cli("data=csv", "data.path=t.csv", "data.target=price", "data.decimal=comma", "data.delimiter=comma",
+                   cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("deeprun: error: data.delimiter=comma: with data.decimal=comma it would split 1,5 "
+                                   "in two; use semicolon, tab, pipe or auto")
 
 
 def test_comma_file_with_semicolons_in_text():
