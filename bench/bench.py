@@ -6,7 +6,8 @@ validation forward pass, with the optimiser built as a user writes it
 (`torch.optim.SGD(model.parameters(), lr=...)`). deeprun adds its probes and
 records on top. Runs alternate (plain, deeprun, plain, ...) and the ratio is the
 median of the per-pair ratios, so a noisy neighbour slows both sides of a pair
-alike. Also: a Lightning Trainer on the same model and batches (logger,
+alike; beside it, the middle half of the pairs' ratios shows how noisy the run
+was. Also: a Lightning Trainer on the same model and batches (logger,
 checkpoints, progress bar and model summary off), the GFLOP/s the resnets reach
 next to this machine's float32 matmul rate, and start-up times.
 
@@ -138,8 +139,8 @@ def lightning_run(cfg) -> float:
     return time.perf_counter() - start
 
 
-def bench(case: str, variant: list[str], repeats: int, rival=plain_loop) -> tuple[float, float, float]:
-    """(median of deeprun / rival over alternating pairs, rival's median seconds, deeprun's)."""
+def bench(case: str, variant: list[str], repeats: int, rival=plain_loop) -> tuple[list[float], float, float]:
+    """(deeprun / rival of each alternating pair, rival's median seconds, deeprun's)."""
     torch.set_num_threads(THREADS[case] or os.cpu_count())
     cfg = deeprun.compose([*CASES[case], *variant, "log.progress=false"])
     rival(cfg), deeprun_run(cfg)  # warm-up: first optimiser, allocator, caches
@@ -149,7 +150,15 @@ def bench(case: str, variant: list[str], repeats: int, rival=plain_loop) -> tupl
         theirs.append(r)
         ours.append(d)
         ratios.append(d / r)
-    return statistics.median(ratios), statistics.median(theirs), statistics.median(ours)
+    return ratios, statistics.median(theirs), statistics.median(ours)
+
+
+def spread(ratios: list[float]) -> str:
+    """The median ratio and, so that noise is seen, the middle half of the pairs' ratios."""
+    if len(ratios) < 4:
+        return f"{statistics.median(ratios):.3f}"
+    low, mid, high = statistics.quantiles(ratios, n=4)
+    return f"{mid:.3f} ({low:.2f}-{high:.2f})"
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -197,19 +206,21 @@ def main() -> None:
           f"medians of {args.repeats} alternating pairs")
     peak = matmul_gflops()
     print(f"float32 matmul (2048x2048, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
-    print(f"\n{'case':12} {'threads':>7} {'variant':26} {'ratio':>7} {'plain s':>9} {'deeprun s':>10} {'GFLOP/s':>8}")
+    print(f"\n{'case':12} {'threads':>7} {'variant':26} {'ratio (middle half)':>19} {'plain s':>9} {'deeprun s':>10} "
+          f"{'GFLOP/s':>8}")
     for case in cases:
         for name, variant in VARIANTS.items():
-            ratio, p, d = bench(case, variant, args.repeats)
+            ratios, p, d = bench(case, variant, args.repeats)
             rate = training_flops(deeprun.compose(CASES[case])) / d / 1e9 if case.startswith("resnet") else None
             shown = f"{rate:8.1f}" if rate else f"{'':8}"
-            print(f"{case:12} {torch.get_num_threads():7} {name:26} {ratio:7.3f} {p:9.3f} {d:10.3f} {shown}", flush=True)
+            print(f"{case:12} {torch.get_num_threads():7} {name:26} {spread(ratios):>19} {p:9.3f} {d:10.3f} {shown}",
+                  flush=True)
     if "lightning" not in skip:
         print(f"\n{'case':12} {'variant':26} {'deeprun / Lightning':>20} {'Lightning s':>12} {'deeprun s':>10}")
         for case in [c for c in cases if c in ("model_d", "resnet")]:
             for name, variant in VARIANTS.items():
-                ratio, lit, d = bench(case, variant, args.repeats, rival=lightning_run)
-                print(f"{case:12} {name:26} {ratio:20.3f} {lit:12.3f} {d:10.3f}", flush=True)
+                ratios, lit, d = bench(case, variant, args.repeats, rival=lightning_run)
+                print(f"{case:12} {name:26} {spread(ratios):>20} {lit:12.3f} {d:10.3f}", flush=True)
     if "startup" not in skip:
         help_s, tiny_s = startup()
         print(f"\nstart-up: deeprun --help {help_s:.2f} s; a 1-epoch tiny run, start to exit {tiny_s:.2f} s")
