@@ -343,7 +343,7 @@ MAX_DEPTH = 10_000
 MAX_WEIGHTS = 2 ** 31  # about depth x width^2: 8 GiB of float32
 MAX_DATA = 2 ** 28  # values in a synthetic data set: 1 GiB of float32
 MAX_THREADS = 1024
-FLOAT32_MAX = 3.4028234663852886e38  # a float key beyond it overflows once torch takes it
+FLOAT32_MAX = 3.4028234663852886e38  # a float (a key, a CSV cell) beyond it overflows once torch takes it
 SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what torch.manual_seed takes
 
 
@@ -393,15 +393,12 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "model.residual_scale") == "fixup" and cfg.norm.name != "none":
         # zero-initialised branch ends followed by a norm: 0 / sqrt(0 + eps) multiplies their gradient by ~300
         raise ConfigError(f"model.residual_scale='fixup': for norm-free residual nets; add norm=none (norm={cfg.norm.name} now)")
-    if cfg.model.get("name") in IMAGE_MODELS and not (cfg.data.get("name") == "images" or cfg.data.get("image_shape")):
+    images = cfg.data.get("name") == "images" or cfg.data.get("name") == "csv" and cfg.data.image_shape is not None
+    if cfg.model.get("name") in IMAGE_MODELS and not images:
         raise ConfigError(f"model={cfg.model.name} needs images (N, C, H, W) but data={cfg.data.get('name')} is a table; "
                           f"use data=images, or data=csv with data.image_shape=[C,H,W]")
     if cfg.init.name == "checkpoint":
-        path = cfg.init.path
-        if not path:
-            raise ConfigError("init.path: required with init=checkpoint; e.g. init.path=outputs/runs/.../final.pt")
-        if not os.path.isfile(path):
-            raise ConfigError(f"init.path={path!r}: no such file (working directory: {os.getcwd()})")
+        _require_file("init.path", cfg.init.path, "init=checkpoint; e.g. init.path=outputs/runs/.../final.pt")
     for key in ("init.a", "init.std"):
         value = OmegaConf.select(cfg, key)
         if value is not None:
@@ -410,6 +407,13 @@ def validate(cfg: DictConfig) -> None:
              cfg.objective, "a results column: " + ", ".join(EXPECT_COLUMNS))
     _validate_data(cfg.data)
     _validate_custom(cfg.model, "model")
+
+
+def _require_file(key: str, path: Optional[str], needed_by: str) -> None:
+    if not path:
+        raise ConfigError(f"{key}: required with {needed_by}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{key}={path!r}: no such file (working directory: {os.getcwd()})")
 
 
 def _check_floats(node: DictConfig, path: str) -> None:
@@ -481,11 +485,7 @@ def _validate_data(data: DictConfig) -> None:
         _require(len(shape) == 3 and all(d >= 1 for d in shape), "data.image_shape", shape,
                  "[C, H, W], three ints >= 1, or null")
     if data.get("name") == "csv":
-        path = data.path
-        if not path:
-            raise ConfigError("data.path: required with data=csv; e.g. data.path=my.csv data.target=price")
-        if not os.path.isfile(path):
-            raise ConfigError(f"data.path={path!r}: no such file (working directory: {os.getcwd()})")
+        _require_file("data.path", data.path, "data=csv; e.g. data.path=my.csv data.target=price")
         for key, allowed in CSV_CHOICES.items():
             _require(data[key] in allowed, f"data.{key}", data[key], "one of: " + ", ".join(allowed))
         if data.decimal == "comma" and data.delimiter == "comma":

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, import_object, lookup
+from .config import FLOAT32_MAX, ConfigError, import_object, lookup
 
 TASKS = ("regression", "binary", "multiclass")
 
@@ -167,7 +167,6 @@ DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}  # data.
 DECIMALS = {"point": ".", "comma": ","}  # data.decimal
 SNIFF_LINES = 20  # data.delimiter=auto reads the header and at most this many lines after it
 MAX_CATEGORIES = 1000  # data.categorical=onehot: a text column with more values is an ID or free text
-FLOAT32_MAX = np.finfo(np.float32).max  # a larger number becomes inf once it is a float32 tensor
 
 
 def read_csv(cfg: DictConfig) -> Table:
@@ -201,6 +200,9 @@ def read_csv(cfg: DictConfig) -> Table:
         after = f" left after data.missing=drop dropped {dropped}" if dropped else ""
         raise ConfigError(f"{where}: {len(table)} data row(s){after}; at least 2 are needed")
     x, onehot = encode_features(table[features], cfg.categorical, path.name)
+    if cfg.image_shape is not None and math.prod(cfg.image_shape) != x.shape[1]:
+        raise ConfigError(f"data.image_shape={list(cfg.image_shape)}: {math.prod(cfg.image_shape)} pixels (C*H*W), "
+                          f"but {path.name} has {x.shape[1]} feature columns")
     return Table(x, table[targets], onehot, dropped)
 
 
@@ -275,7 +277,7 @@ def bad_cells(frame: pd.DataFrame) -> np.ndarray:
     for j, c in enumerate(frame.columns):
         if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]):
             values = frame[c].to_numpy(dtype=np.float64)
-            bad[:, j] |= ~(np.abs(values) <= FLOAT32_MAX)  # NaN compares False: bad too
+            bad[:, j] |= ~(np.abs(values) <= FLOAT32_MAX)  # beyond it: inf as a float32 tensor; NaN compares False
     return bad
 
 
@@ -437,10 +439,6 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
         task = detect_task(table, node.task, node.max_classes)
         y, classes = encode_target(table.y, task)
         x = torch.from_numpy(table.x.to_numpy(dtype=np.float32, copy=True))
-        image_shape = node.get("image_shape")
-        if image_shape is not None and math.prod(image_shape) != x.shape[1]:
-            raise ConfigError(f"data.image_shape={list(image_shape)}: {math.prod(image_shape)} pixels (C*H*W), but "
-                              f"{Path(node.path).name} has {x.shape[1]} feature columns")
     else:
         make = lookup(SYNTHETIC, node.name, "data set")
         x, y = make(node, torch.Generator().manual_seed(node.seed))

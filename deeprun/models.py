@@ -124,22 +124,32 @@ def branch(first: tuple[str, nn.Module], second: tuple[str, nn.Module], width: i
     return nn.Sequential(OrderedDict(f))
 
 
-class ResidualBlock(nn.Module):
+class Residual(nn.Module):
+    """What the residual blocks share: act(skip + f(x)), or act(skip + a * f(x)) with rezero and
+    skipinit's learnable scalar a; `residual_scale` also tells fixup_ which blocks to rescale."""
+
+    def __init__(self, act: ActFactory, residual_scale: str, depth: int):
+        super().__init__()
+        self.act = act()
+        self.residual_scale = str(residual_scale)
+        self.alpha = branch_scale(residual_scale, depth)
+
+    def merge(self, skip: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        return self.act(skip + (fx if self.alpha is None else self.alpha * fx))
+
+
+class ResidualBlock(Residual):
     """x -> act(x + f(x)), f = Linear-Norm-Act-Linear-Norm (seed 000's ResidualBlock); rezero and
     skipinit make it act(x + a * f(x))."""
 
     def __init__(self, width: int, act: ActFactory, norm: str, norm_position: str, dropout: float,
                  residual_scale: str = "1", depth: int = 1):
-        super().__init__()
+        super().__init__(act, residual_scale, depth)
         self.f = branch(("fc1", nn.Linear(width, width)), ("fc2", nn.Linear(width, width)), width, act, norm,
                         norm_position, dropout)
-        self.act = act()
-        self.residual_scale = str(residual_scale)
-        self.alpha = branch_scale(residual_scale, depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fx = self.f(x)
-        return self.act(x + (fx if self.alpha is None else self.alpha * fx))
+        return self.merge(x, self.f(x))
 
 
 class ResidualMLP(nn.Module):
@@ -198,7 +208,7 @@ class CNN(nn.Sequential):
         super().__init__(OrderedDict(layers))
 
 
-class ResidualConvBlock(nn.Module):
+class ResidualConvBlock(Residual):
     """x -> act(shortcut(x) + f(x)), f = Conv3x3-Norm-Act-[Dropout]-Conv3x3-Norm (seed 003's block).
 
     The shortcut is the identity, or a 1x1 stride-2 conv + norm (a projection)
@@ -208,7 +218,7 @@ class ResidualConvBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int, act: ActFactory, norm: str, norm_position: str,
                  dropout: float, residual_scale: str = "1", depth: int = 1):
-        super().__init__()
+        super().__init__(act, residual_scale, depth)
         self.shortcut = None  # before f: called first in forward, so the probes list it first too
         if stride != 1 or c_in != c_out:
             proj = [("conv", nn.Conv2d(c_in, c_out, 1, stride=stride))]
@@ -217,14 +227,10 @@ class ResidualConvBlock(nn.Module):
             self.shortcut = nn.Sequential(OrderedDict(proj))
         self.f = branch(("conv1", conv3x3(c_in, c_out, stride)), ("conv2", conv3x3(c_out, c_out)), c_out, act, norm,
                         norm_position, dropout, image=True)
-        self.act = act()
-        self.residual_scale = str(residual_scale)
-        self.alpha = branch_scale(residual_scale, depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x if self.shortcut is None else self.shortcut(x)
-        fx = self.f(x)
-        return self.act(skip + (fx if self.alpha is None else self.alpha * fx))
+        return self.merge(skip, self.f(x))
 
 
 class ResidualCNN(nn.Module):
@@ -251,7 +257,6 @@ class ResidualCNN(nn.Module):
 
 
 MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "resnet": ResidualMLP, "cnn": CNN, "resnet_cnn": ResidualCNN}
-RESIDUAL_BLOCKS = (ResidualBlock, ResidualConvBlock)
 # Module types whose forward does not depend on train/eval mode (not Dropout, not BatchNorm; a
 # user's class might read self.training, so it is not listed)
 MODE_FREE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.GroupNorm, nn.Sequential, nn.ModuleList,
@@ -332,7 +337,7 @@ def fixup_(model: nn.Module) -> None:
     the branch's other layers are scaled by L^(-1/(2m-2)) for L blocks of m layers, which keeps the
     size of an SGD step's change to the output bounded as depth grows, without a norm. Fixup's
     scalar biases and multiplier are left out."""
-    blocks = [m for m in model.modules() if isinstance(m, RESIDUAL_BLOCKS) and m.residual_scale == "fixup"]
+    blocks = [m for m in model.modules() if isinstance(m, Residual) and m.residual_scale == "fixup"]
     for block in blocks:
         *others, last = weight_layers(block.f).values()
         m = len(others) + 1

@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import ConfigError, lookup
 from .data import LOSSES, Data
-from .models import MODE_FREE
+from .models import MODE_FREE, count_params
 from .probes import Probes
 
 # foreach=True: one kernel per update for all parameters, where torch's default off CUDA is one
@@ -55,7 +55,7 @@ EVAL_CHUNK = 8192  # rows per forward pass when evaluating; the first chunk is t
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum <= 0:
         raise ConfigError("optimizer.nesterov=true: needs optimizer.momentum > 0")
-    foreach = True if sum(p.numel() for p in model.parameters()) <= FOREACH_LIMIT else None
+    foreach = True if count_params(model) <= FOREACH_LIMIT else None
     return lookup(OPTIMIZERS, cfg.optimizer.name, "optimizer")(model.parameters(), cfg.lr, cfg.optimizer, foreach)
 
 

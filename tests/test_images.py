@@ -369,6 +369,9 @@ def test_conv_model_on_a_table_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^model=cnn needs images .* data=regression is a table; use data=images, "
                                           r"or data=csv with data.image_shape=\[C,H,W\]$"):
         deeprun.compose(["model=cnn"])
+    # image_shape is a CSV key: on a custom data node it is the user's function's own argument
+    with pytest.raises(ConfigError, match=r"^model=cnn needs images .* data=custom is a table"):
+        deeprun.compose(["model=cnn", "data=custom", "data._target_=numpy.zeros", "+data.image_shape=[1,4,4]"])
     with pytest.raises(ConfigError, match=r"data.image_size=3: must be >= 4"):
         deeprun.compose(["data=images", "data.image_size=3"])
     with pytest.raises(ConfigError, match=r"data.n_classes=9: must be in \[2, 8\]"):
