@@ -3,11 +3,16 @@
 Same initial weights, same data tensors, same optimiser; the plain loop does what
 a careful person writes by hand: per epoch, the training steps and one
 validation forward pass, with the optimiser built as a user writes it
-(`torch.optim.SGD(model.parameters(), lr=...)`). deeprun adds its probes and
-records on top. Runs alternate (plain, deeprun, plain, ...) and the ratio is the
-median of the per-pair ratios, so a noisy neighbour slows both sides of a pair
-alike; beside it, the middle half of the pairs' ratios shows how noisy the run
-was. Also: a Lightning Trainer on the same model and batches (logger,
+(`torch.optim.SGD(model.parameters(), lr=...)`: torch's default implementation,
+a loop per parameter off CUDA). deeprun steps with torch's fused or foreach
+kernels (train.FUSED) and adds its probes and records. So that the probes' own
+cost is seen apart from that saving, a second plain loop steps with deeprun's
+choice of kernels. The three run in lockstep: deeprun calls back at each logged
+epoch, the plain loops catch up to that epoch there, and each side's time is
+counted apart; a noisy neighbour, which on this machine changes a loop's speed
+by a tenth from one second to the next, then weighs on all sides alike. Each
+ratio is the median over rounds; beside it, the middle half of the rounds'
+ratios shows how noisy the run was. Also: a Lightning Trainer on the same model and batches (logger,
 checkpoints, progress bar and model summary off), the GFLOP/s the resnets reach
 next to this machine's float32 matmul rate, and start-up times.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import statistics
@@ -27,11 +33,13 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import torch
 
 import deeprun
 from deeprun.data import LOSSES
+from deeprun.train import build_optimizer
 
 CASES = {
     # seed 001 model D: [3]+[8]*8+[1], full batch, 1000 epochs of plain SGD
@@ -49,21 +57,27 @@ CASES = {
 # An 8-wide net gains nothing from intra-op threads; on a shared machine they only add
 # spin-wait noise, so the tiny case runs on one thread (both sides alike).
 THREADS = {"model_d": 1, "resnet": None, "resnet_wide": None, "cnn": None}
-# The cases use each optimiser's default settings but lr; deeprun asks for foreach=True, the
-# plain loop takes torch's default (a loop per parameter off CUDA), as a hand-written loop does
+# The cases use each optimiser's default settings but lr; a hand-written loop takes torch's
+# default implementation (a loop per parameter off CUDA)
 PLAIN_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+TURN = 0.2  # seconds deeprun runs before the plain loops catch up (at least a logged epoch; see lockstep)
 VARIANTS = {"probes every epoch": ["log.every=1"], "probes every 10th epoch": ["log.every=10"]}
 
 
-def plain_loop(cfg) -> float:
-    """The hand-written loop; returns seconds, counted like deeprun's from building the data on."""
-    start = time.perf_counter()
+def users_optimizer(cfg, model) -> torch.optim.Optimizer:
+    return PLAIN_OPTIMIZERS[cfg.optimizer.name](model.parameters(), lr=cfg.lr)  # as a user writes it
+
+
+def plain_epochs(cfg, make_optimizer=users_optimizer) -> Iterator[None]:
+    """The hand-written loop, a step at a time: it yields once set up (data, model, optimiser),
+    then after each epoch."""
     data = deeprun.build_data(cfg)
     model = deeprun.build_model(cfg, data)  # the same initial weights deeprun starts from
-    opt = PLAIN_OPTIMIZERS[cfg.optimizer.name](model.parameters(), lr=cfg.lr)  # as a user writes it: torch's defaults
+    opt = make_optimizer(cfg, model)
     loss_fn = LOSSES[data.task]
     x, y, n = data.x_train, data.y_train, len(data.x_train)
     gen = torch.Generator().manual_seed(cfg.seed)
+    yield
     for _ in range(cfg.epochs):
         model.train()
         if cfg.batch_size is None:
@@ -79,7 +93,46 @@ def plain_loop(cfg) -> float:
         model.eval()
         with torch.no_grad():
             loss_fn(model(data.x_val), data.y_val)
-    return time.perf_counter() - start
+        yield
+
+
+def plain_deepruns_step(cfg) -> Iterator[None]:
+    """The plain loop stepping with deeprun's choice of torch's optimiser kernels: against it,
+    deeprun's ratio is what its probes and records cost."""
+    return plain_epochs(cfg, build_optimizer)
+
+
+def lockstep(cfg, rivals, turn_epochs: int) -> list[list[float]]:
+    """deeprun.run, with each rival loop brought to the epoch deeprun has just logged, from inside
+    deeprun's on_log, every `turn_epochs` epochs; each side's seconds per turn, deeprun's first.
+    Turn 0 is the set-up and epoch 0, then turns of `turn_epochs` epochs (a multiple of log.every;
+    the last may be shorter). Taking turns a fraction of a second long, all sides meet the same
+    neighbours on this shared machine, whose load changes a loop's speed twofold from one tenth
+    of a second to the next; much shorter turns would cost each side its warm caches."""
+    loops = [rival(cfg) for rival in rivals]
+    done = [0] * len(loops)  # how far each loop has come: 1 once set up, 1 + k after epoch k
+    turns: list[list[float]] = [[] for _ in range(1 + len(loops))]
+    began = [0.0]  # when deeprun's turn began
+
+    def advance(row: dict) -> None:
+        epoch = row["epoch"]
+        if epoch % turn_epochs and epoch < cfg.epochs:
+            return
+        now = time.perf_counter()
+        turns[0].append(now - began[0])
+        for i, loop in enumerate(loops):
+            for _ in range(epoch + 1 - done[i]):
+                next(loop)
+            done[i] = epoch + 1
+            turns[i + 1].append(time.perf_counter() - now)
+            now = time.perf_counter()
+        began[0] = time.perf_counter()
+
+    began[0] = time.perf_counter()
+    result = deeprun.run(cfg, progress=False, on_log=advance)
+    turns[0][-1] += time.perf_counter() - began[0]  # deeprun's records after its last epoch
+    assert result.summary["status"] == "completed" and done == [cfg.epochs + 1] * len(loops), result.summary
+    return turns
 
 
 def deeprun_run(cfg) -> float:
@@ -139,14 +192,49 @@ def lightning_run(cfg) -> float:
     return time.perf_counter() - start
 
 
-def bench(case: str, variant: list[str], repeats: int, rival=plain_loop) -> tuple[list[float], float, float]:
-    """(deeprun / rival of each alternating pair, rival's median seconds, deeprun's)."""
+class Rounds(NamedTuple):
+    """Each side's seconds per turn in each round (deeprun first, then the rivals)."""
+
+    turns: list[list[list[float]]]  # [round][side][turn]
+
+    def seconds(self, side: int) -> float:
+        return statistics.median(sum(r[side]) for r in self.turns)
+
+    def ratios(self, rival: int) -> list[float]:
+        """deeprun / rival of each round's whole run."""
+        return [sum(r[0]) / sum(r[rival]) for r in self.turns]
+
+    def quiet(self, rival: int) -> float:
+        """deeprun / rival of the runs the rounds' quietest turns make: per side, each turn's
+        fastest time over the rounds, summed. Noise on a shared machine only ever adds time
+        (timeit's documentation takes the minimum for that reason); taken turn by turn, a
+        neighbour's burst in one turn of one round does not decide the figure."""
+        def fastest(side: int) -> float:
+            return sum(min(times) for times in zip(*(r[side] for r in self.turns)))
+        return fastest(0) / fastest(rival)
+
+
+def bench(case: str, variant: list[str], repeats: int) -> Rounds:
+    """deeprun against the plain loop and the plain loop with deeprun's step, in lockstep."""
     torch.set_num_threads(THREADS[case] or os.cpu_count())
     cfg = deeprun.compose([*CASES[case], *variant, "log.progress=false"])
-    rival(cfg), deeprun_run(cfg)  # warm-up: first optimiser, allocator, caches
+    rivals = (plain_epochs, plain_deepruns_step)
+    every = cfg.log.every
+    warm = lockstep(cfg, rivals, every)  # warm-up (first optimiser, allocator, caches); times an epoch
+    per_epoch = sum(warm[0][1:]) / cfg.epochs
+    turn_epochs = every * max(1, math.ceil(TURN / per_epoch / every))
+    return Rounds([lockstep(cfg, rivals, turn_epochs) for _ in range(repeats)])
+
+
+def against_lightning(case: str, variant: list[str], repeats: int) -> tuple[list[float], float, float]:
+    """deeprun / Lightning of alternating runs (a Trainer cannot be stepped an epoch at a time
+    from outside); Lightning's median seconds; deeprun's."""
+    torch.set_num_threads(THREADS[case] or os.cpu_count())
+    cfg = deeprun.compose([*CASES[case], *variant, "log.progress=false"])
+    lightning_run(cfg), deeprun_run(cfg)  # warm-up
     ratios, theirs, ours = [], [], []
     for _ in range(repeats):
-        r, d = rival(cfg), deeprun_run(cfg)
+        r, d = lightning_run(cfg), deeprun_run(cfg)
         theirs.append(r)
         ours.append(d)
         ratios.append(d / r)
@@ -203,23 +291,28 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     cases = [args.only] if args.only else list(CASES)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-          f"medians of {args.repeats} alternating pairs")
+          f"medians of {args.repeats} rounds")
     peak = matmul_gflops()
     print(f"float32 matmul (2048x2048, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
-    print(f"\n{'case':12} {'threads':>7} {'variant':26} {'ratio (middle half)':>19} {'plain s':>9} {'deeprun s':>10} "
-          f"{'GFLOP/s':>8}")
+    print("\n/ plain: deeprun against the loop as users write it; / same step: against that loop stepping with\n"
+          "deeprun's optimiser kernels (what the probes and records cost). Each: the ratio of the rounds' quietest\n"
+          "turns, then the median of the rounds' ratios with their middle half.")
+    print(f"\n{'case':12} {'threads':>7} {'variant':26} {'/ plain':>26} {'/ same step':>26} {'plain s':>8} "
+          f"{'same s':>7} {'deeprun s':>9} {'GFLOP/s':>8}")
     for case in cases:
         for name, variant in VARIANTS.items():
-            ratios, p, d = bench(case, variant, args.repeats)
+            rounds = bench(case, variant, args.repeats)
+            d = rounds.seconds(0)
             rate = training_flops(deeprun.compose(CASES[case])) / d / 1e9 if case.startswith("resnet") else None
             shown = f"{rate:8.1f}" if rate else f"{'':8}"
-            print(f"{case:12} {torch.get_num_threads():7} {name:26} {spread(ratios):>19} {p:9.3f} {d:10.3f} {shown}",
-                  flush=True)
+            mine, same = (f"{rounds.quiet(i):.3f}; {spread(rounds.ratios(i))}" for i in (1, 2))
+            print(f"{case:12} {torch.get_num_threads():7} {name:26} {mine:>26} {same:>26} {rounds.seconds(1):8.3f} "
+                  f"{rounds.seconds(2):7.3f} {d:9.3f} {shown}", flush=True)
     if "lightning" not in skip:
         print(f"\n{'case':12} {'variant':26} {'deeprun / Lightning':>20} {'Lightning s':>12} {'deeprun s':>10}")
         for case in [c for c in cases if c in ("model_d", "resnet")]:
             for name, variant in VARIANTS.items():
-                ratios, lit, d = bench(case, variant, args.repeats, rival=lightning_run)
+                ratios, lit, d = against_lightning(case, variant, args.repeats)
                 print(f"{case:12} {name:26} {spread(ratios):>20} {lit:12.3f} {d:10.3f}", flush=True)
     if "startup" not in skip:
         help_s, tiny_s = startup()

@@ -6,7 +6,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pandas as pd
 import torch
@@ -32,8 +32,12 @@ class Result:
 
 
 def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
-        job: Optional[int] = None, threads: Optional[int] = None) -> Result:
+        job: Optional[int] = None, threads: Optional[int] = None,
+        on_log: Optional[Callable[[dict], None]] = None) -> Result:
     """Train as `cfg` says; with `out_dir`, write summary.json, epochs.csv, layers.csv and checkpoints there.
+
+    `on_log(row)` is called with each logged epoch's row of epochs.csv as soon as it is read
+    (a live plot in a notebook; the benchmark's lockstep rivals).
 
     `job` is the job number in a sweep (device.spread maps it to a GPU); `threads` is the torch
     thread count when device.threads leaves it open (a parallel launcher's share of the cores).
@@ -63,8 +67,8 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         row.update(task=data.task, params=count_params(model), rows_dropped=data.rows_dropped)  # data.missing=drop
         _checkpoint(out, cfg, "init", model)
         show = cfg.log.progress if progress is None else progress
-        with display.epoch_progress(cfg.epochs, enabled=show) as on_log:
-            train(model, data, cfg, history, on_log)
+        with display.epoch_progress(cfg.epochs, enabled=show) as show_row:
+            train(model, data, cfg, history, show_row if on_log is None else lambda row: (show_row(row), on_log(row)))
         status = "diverged" if history.diverged_epoch is not None else "completed"
         _checkpoint(out, cfg, "final", model)
     except KeyboardInterrupt:

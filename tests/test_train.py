@@ -267,6 +267,15 @@ def test_log_every_probes_at_0_multiples_and_the_last_epoch(tmp_path):
     assert epochs.train_loss.notna().all() and epochs.val_loss.notna().all()
 
 
+def test_on_log_gets_each_logged_epochs_row_as_it_is_read():
+    rows = []
+    result = deeprun.run(cpu("log.every=5", "epochs=12"), on_log=rows.append, progress=False)
+    assert [row["epoch"] for row in rows] == [0, 5, 10, 12]
+    logged = result.epochs.set_index("epoch")
+    for row in rows:
+        assert (row["train_loss"], row["val_loss"]) == (logged.train_loss[row["epoch"]], logged.val_loss[row["epoch"]])
+
+
 def test_loss_at_epochs():
     result = deeprun.run(cpu("log.loss_at=[2,3,200]", "epochs=3"))
     loss = dict(zip(result.epochs.epoch, result.epochs.train_loss))
