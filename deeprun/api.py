@@ -48,7 +48,7 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    history = History(metric="", layer_names=[])
+    history = History(metric="")
     row = config_row(cfg, cfg.init.name, cfg.device.name)
     status, error, model = "running", None, None
     try:  # from the first write on: a Ctrl-C at any point leaves `interrupted`, never a stale `running`
@@ -79,7 +79,7 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         raise
     finally:
         epochs = pd.DataFrame(history.epochs, columns=epoch_columns(history.metric or "val_metric"))
-        layers = pd.DataFrame(history.layers, columns=layer_columns())
+        layers = pd.DataFrame(history.layers(), columns=layer_columns())
         summary = {**row, "status": status, "diverged_epoch": history.diverged_epoch,
                    **metrics_row(cfg, history.metric, epochs, layers),
                    "seconds": time.perf_counter() - start, "error": error}

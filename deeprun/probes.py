@@ -16,6 +16,7 @@ import contextlib
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +45,18 @@ class Reduced(NamedTuple):
     root: torch.Tensor  # the L2 norm
     positive: torch.Tensor  # (C,) each unit's maximum, clamped at 0: zero when never positive
     tail: torch.Tensor  # count in the flat tails of its own kind (tanh / sigmoid), else 0
+
+
+class Logged(NamedTuple):
+    """One logged epoch's raw numbers (`Probes.collect`, read to the host), kept as they are:
+    `Probes.table` makes the rows of many epochs in one numpy pass, where building them in
+    Python at each epoch cost seed 001's model D 3% of its time."""
+
+    epoch: int
+    steps: int  # optimiser steps the gradient norms were summed over
+    updated: bool  # whether W_before is from an earlier epoch (not at epoch 0)
+    shapes: tuple  # the kept activations' shapes, which say how to read the numbers
+    raw: list[float]
 
 
 class Probes:
@@ -221,7 +234,7 @@ class Probes:
 
     def collect(self) -> list[torch.Tensor]:
         """Every raw number of the epoch, as 1-d device tensors to concatenate with the caller's
-        own and read in one sync; `finish` turns them into rows.
+        own and read in one sync; `table` turns them into rows.
 
         Layout: grad norm sums (L), ||W_after - W_before|| (L), ||W_after|| (L), ||W_before|| (L),
         then per group of same-shaped activations, `_activation_stats`.
@@ -258,35 +271,62 @@ class Probes:
             parts.append(((s < 0.01) | (s > 0.99)).sum((1, 2, 3)))
         return parts
 
-    def finish(self, raw: list[float], updated: bool = True) -> list[list[float]]:
-        """Host side of `collect`: one row of LAYER_COLUMNS per layer."""
-        n, nan = len(self.weights), math.nan
-        steps = self.steps or 1
-        rows = [[raw[i] / steps, raw[2 * n + i], raw[n + i] / raw[3 * n + i] if updated and raw[3 * n + i] else nan,
-                 nan, nan, nan, nan] for i in range(n)]
+    def logged(self, epoch: int, raw: list[float]) -> Logged:
+        """The epoch's numbers as `collect` laid them out, read to the host, with what reading them needs."""
+        return Logged(epoch, self.steps, epoch > 0, self._shapes, raw)
+
+    def table(self, logged: list[Logged]) -> dict[str, np.ndarray]:
+        """The columns of layers.csv (epoch, layer, name, LAYER_COLUMNS) for the logged epochs."""
+        parts, start = [], 0
+        while start < len(logged):  # epochs whose activations had the same shapes share one layout
+            stop = start + 1
+            while stop < len(logged) and logged[stop].shapes == logged[start].shapes:
+                stop += 1
+            parts.append(self._rows(logged[start:stop]))
+            start = stop
+        n = len(self.weights)
+        values = np.concatenate(parts).reshape(-1, len(LAYER_COLUMNS))  # (epochs x layers, columns)
+        table = {"epoch": np.repeat([e.epoch for e in logged], n), "layer": np.tile(np.arange(n), len(logged)),
+                 "name": np.tile(np.array(self.names, dtype=object), len(logged))}
+        return table | {column: values[:, j] for j, column in enumerate(LAYER_COLUMNS)}
+
+    @np.errstate(all="ignore")  # a diverged run's inf - inf and inf / inf: NaN, as it should be
+    def _rows(self, logged: list[Logged]) -> np.ndarray:
+        """(E, L, LAYER_COLUMNS) for E logged epochs of one layout, all at once."""
+        raw = np.array([e.raw for e in logged], dtype=np.float64)
+        steps = np.maximum([e.steps for e in logged], 1)[:, None]
+        updated = np.array([e.updated for e in logged])[:, None]
+        shapes, n = logged[0].shapes, len(self.weights)
+        out = np.full((len(logged), n, len(LAYER_COLUMNS)), np.nan)
+        out[..., 0] = raw[:, :n] / steps
+        out[..., 1] = raw[:, 2 * n:3 * n]
+        before = raw[:, 3 * n:4 * n]
+        np.divide(raw[:, n:2 * n], before, out=out[..., 2], where=updated & (before != 0))
         k = 4 * n
-        for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
-            g, units, n = len(idx), self._shapes[idx[0]][1], math.prod(self._shapes[idx[0]])  # a group shares a shape
-            sums, roots, positive = raw[k:k + g], raw[k + g:k + 2 * g], raw[k + 2 * g:k + 2 * g + g * units]
+        for idx, tanh, sigmoid in self._plan(shapes) if shapes else []:
+            g, units, size = len(idx), shapes[idx[0]][1], math.prod(shapes[idx[0]])  # a group shares a shape
+            sums, roots = raw[:, k:k + g], raw[:, k + g:k + 2 * g]
+            positive = raw[:, k + 2 * g:k + 2 * g + g * units].reshape(len(raw), g, units)
             k += 2 * g + g * units
-            tails = {}
+            layers = np.array([self.act_layer[a] for a in idx])
+            kinds = np.array([self.act_kinds[a] for a in idx])
+            out[:, layers, 3] = sums / size
+            if size > 1:
+                out[:, layers, 4] = np.sqrt(np.maximum(roots * roots - sums * sums / size, 0.0) / (size - 1))
+            dead = kinds == "dead"  # units whose positive parts sum to zero: never positive on any sample
+            out[:, layers[dead], 5] = (positive[:, dead] == 0).sum(-1) / units
             for kind, present in (("tanh", tanh), ("sigmoid", sigmoid)):
                 if present:
-                    tails[kind], k = raw[k:k + g], k + g
-            for j, a in enumerate(idx):
-                row, kind, t, r = rows[self.act_layer[a]], self.act_kinds[a], sums[j], roots[j]
-                row[3] = t / n
-                row[4] = math.sqrt(max(r * r - t * t / n, 0.0) / (n - 1)) if n > 1 else nan
-                if kind == "dead":  # units whose positive parts sum to zero: never positive on any sample
-                    row[5] = positive[j * units:(j + 1) * units].count(0.0) / units
-                if kind in tails:
-                    row[6] = tails[kind][j] / n
-        return rows
+                    out[:, layers[kinds == kind], 6] = raw[:, k:k + g][:, kinds == kind] / size
+                    k += g
+        return out
 
     def read(self, updated: bool = True) -> list[dict]:
         """The epoch's layer statistics as dicts (one host sync); for tests and notebooks."""
-        return [{"layer": i, "name": name, **dict(zip(LAYER_COLUMNS, row))}
-                for i, (name, row) in enumerate(zip(self.names, self.finish(torch.cat(self.collect()).tolist(), updated)))]
+        raw = torch.cat(self.collect()).tolist()  # first: collect notes the activations' shapes
+        table = self.table([Logged(0, self.steps, updated, self._shapes, raw)])
+        return [{"layer": i, "name": name, **{c: float(table[c][i]) for c in LAYER_COLUMNS}}
+                for i, name in enumerate(self.names)]
 
     def _kept(self) -> list[torch.Tensor]:
         if len(self._captured) < len(self.act_keep):

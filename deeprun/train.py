@@ -24,7 +24,7 @@ from torch import nn
 from .config import ConfigError, lookup
 from .data import LOSSES, Data
 from .models import MODE_FREE, count_params
-from .probes import Probes
+from .probes import Logged, Probes
 
 # Torch steps an optimiser in one of three ways; deeprun picks the fastest it measured (torch 2.13,
 # CPU), all giving the same numbers: `fused` (one kernel per parameter, no temporaries) for Adam and
@@ -34,7 +34,7 @@ from .probes import Probes
 # loop per parameter (a quarter of SGD's step on model D). A big net without a fused kernel keeps
 # torch's default: foreach's parameter-sized temporaries cost it more than they save.
 FOREACH_LIMIT = 1 << 20
-FUSED = {"adam": "always", "adamw": "always", "sgd": "big nets"}  # torch has fused kernels for these
+FUSED_ABOVE = {"adam": 0, "adamw": 0, "sgd": FOREACH_LIMIT}  # parameters above which fused is the fastest
 OPTIMIZERS = {
     "sgd": lambda p, lr, c, how: torch.optim.SGD(p, lr=lr, momentum=c.momentum, nesterov=c.nesterov,
                                                  weight_decay=c.weight_decay, **how),
@@ -63,11 +63,10 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 def implementation(name: str, params: int) -> dict:
     """The keyword that picks torch's fastest implementation of optimiser `name` for a net of
-    `params` parameters (see FUSED)."""
-    small = params <= FOREACH_LIMIT
-    if FUSED.get(name) == "always" or (FUSED.get(name) == "big nets" and not small):
+    `params` parameters (see FUSED_ABOVE)."""
+    if params > FUSED_ABOVE.get(name, math.inf):
         return {"fused": True}
-    return {"foreach": True} if small else {}
+    return {"foreach": True} if params <= FOREACH_LIMIT else {}
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
@@ -79,10 +78,14 @@ class History:
     """What the loop has learnt so far; complete up to the last logged epoch."""
 
     metric: str
-    layer_names: list[str]
     epochs: list[dict] = field(default_factory=list)  # rows of epochs.csv
-    layers: list[tuple] = field(default_factory=list)  # rows of layers.csv (tuples: thousands of them)
+    logged: list[Logged] = field(default_factory=list)  # the layer statistics of each logged epoch, raw
+    probes: Optional[Probes] = None  # makes `logged` into the rows of layers.csv
     diverged_epoch: Optional[int] = None
+
+    def layers(self) -> dict | list:
+        """The columns of layers.csv (empty before the first logged epoch)."""
+        return self.probes.table(self.logged) if self.logged else []
 
 
 def batches(n: int, batch_size: Optional[int], gen: Optional[torch.Generator], device) -> list[torch.Tensor] | None:
@@ -158,8 +161,7 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    probes = Probes(model, data.x_val if len(data.x_val) else data.x_train)
-    history.layer_names = probes.names
+    probes = history.probes = Probes(model, data.x_val if len(data.x_val) else data.x_train)
     # plain Python numbers: a config lookup costs more than a small kernel launch
     epochs, every, batch_size, grad_clip = cfg.epochs, cfg.log.every, cfg.batch_size, cfg.grad_clip
     validation = Validation(data)
@@ -250,8 +252,6 @@ def _sync(history: History, pending: list, probes: Probes, validation: Validatio
             break
     logged = pending[-1][0]
     if history.diverged_epoch is None or history.diverged_epoch == logged:  # else: stats of a run already lost
-        k = len(pending) * (1 + validation.size)
-        history.layers += [(logged, i, name, *row) for i, (name, row) in
-                           enumerate(zip(history.layer_names, probes.finish(flat[k:], updated=logged > 0)))]
+        history.logged.append(probes.logged(logged, flat[len(pending) * (1 + validation.size):]))
     on_log(history.epochs[-1])
     return history.diverged_epoch is not None
