@@ -98,11 +98,12 @@ class Probes:
         sizes = [w.numel() for w in self.weights]
         small = sum(sizes) <= FLAT_LIMIT and all(w.is_contiguous() for w in self.weights)
         self._buffer = torch.empty((2 if small else 1, sum(sizes)), device=device)
+        self._buffer_rows = self._buffer.unbind(0)  # W_before, and on a small net W_after: views made once, not per epoch
         self._views = [w.detach().view(-1) for w in self.weights] if small else None  # optimisers step in place
         self._segment = torch.repeat_interleave(torch.arange(len(sizes), device=device),
                                                 torch.tensor(sizes, device=device)) if small else None
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.before = [self._buffer[0].narrow(0, o, w.numel()).view_as(w) for o, w in zip(starts, self.weights)]  # row 0
+        self.before = [self._buffer_rows[0].narrow(0, o, w.numel()).view_as(w) for o, w in zip(starts, self.weights)]
         self._scratch = None if small else torch.empty(max(sizes, default=0), device=device)
         self.before_norms: torch.Tensor | None = None  # (L,) ||W_before||
         # the weights' version counters when before_norms (and, on a big net, `before`) last equalled them
@@ -150,7 +151,7 @@ class Probes:
             if moved:
                 self.before_norms = torch.stack(torch._foreach_norm(self.weights))
             if self._views is not None:
-                torch.cat(self._views, out=self._buffer[0])
+                torch.cat(self._views, out=self._buffer_rows[0])
             elif moved:
                 torch._foreach_copy_(self.before, self.weights)
 
@@ -173,7 +174,7 @@ class Probes:
                 weights.append(torch.linalg.vector_norm(w))
                 b.copy_(w)
             return torch.stack(updates + weights).view(2, -1)
-        before, after = self._buffer
+        before, after = self._buffer_rows
         torch.cat(self._views, out=after)
         before.sub_(after)
         squares = self._buffer.square_()
@@ -261,14 +262,14 @@ class Probes:
             parts += [torch.stack([a.tail for a in acts])] * (tanh + sigmoid)  # each row reads its own kind's
             return parts
         s = torch.stack(acts)  # small: one kernel each for the whole group
-        s = s.flatten(3) if s.dim() > 3 else s[..., None]  # (G, N, C, spatial)
-        flat = s.view(len(acts), -1)
-        parts = [flat.sum(1), torch.linalg.vector_norm(flat, dim=1),
-                 s.clamp(min=0).sum((1, 3)).flatten()]  # sum of the positive parts: a third of amax's cost here
+        s = s.flatten(3) if s.dim() > 3 else s  # (G, N, C[, spatial])
+        every, samples = tuple(range(1, s.dim())), (1, 3) if s.dim() > 3 else 1  # reduced over, per unit
+        parts = [s.sum(every), torch.linalg.vector_norm(s, dim=every),
+                 s.clamp(min=0).sum(samples).flatten()]  # sum of the positive parts: a third of amax's cost here
         if tanh:
-            parts.append((s.abs() > 0.99).sum((1, 2, 3)))
+            parts.append((s.abs() > 0.99).sum(every))
         if sigmoid:
-            parts.append(((s < 0.01) | (s > 0.99)).sum((1, 2, 3)))
+            parts.append(((s < 0.01) | (s > 0.99)).sum(every))
         return parts
 
     def logged(self, epoch: int, raw: list[float]) -> Logged:
