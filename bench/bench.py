@@ -5,7 +5,7 @@ a careful person writes by hand: per epoch, the training steps and one
 validation forward pass, with the optimiser built as a user writes it
 (`torch.optim.SGD(model.parameters(), lr=...)`: torch's default implementation,
 a loop per parameter off CUDA). deeprun steps with torch's fused or foreach
-kernels (train.FUSED) and adds its probes and records. So that the probes' own
+kernels (train.FUSED_ABOVE) and adds its probes and records. So that the probes' own
 cost is seen apart from that saving, a second plain loop steps with deeprun's
 choice of kernels. The three run in lockstep: deeprun calls back at each logged
 epoch, the plain loops catch up to that epoch there, and each side's time is

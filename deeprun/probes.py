@@ -50,7 +50,7 @@ class Reduced(NamedTuple):
 class Logged(NamedTuple):
     """One logged epoch's raw numbers (`Probes.collect`, read to the host), kept as they are:
     `Probes.table` makes the rows of many epochs in one numpy pass, where building them in
-    Python at each epoch cost seed 001's model D 3% of its time."""
+    Python at each epoch cost seed 001's model D about 3% of its time."""
 
     epoch: int
     steps: int  # optimiser steps the gradient norms were summed over
