@@ -183,7 +183,7 @@ def lightning_run(cfg) -> float:
             return loss_fn(self.net(batch[0]), batch[1])
 
         def configure_optimizers(self):
-            return PLAIN_OPTIMIZERS[cfg.optimizer.name](self.parameters(), lr=cfg.lr)
+            return users_optimizer(cfg, self)
 
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
@@ -214,10 +214,15 @@ class Rounds(NamedTuple):
         return fastest(0) / fastest(rival)
 
 
+def case_config(case: str, variant: list[str]):
+    """The case's config; sets the case's torch thread count."""
+    torch.set_num_threads(THREADS[case] or os.cpu_count())
+    return deeprun.compose([*CASES[case], *variant, "log.progress=false"])
+
+
 def bench(case: str, variant: list[str], repeats: int) -> Rounds:
     """deeprun against the plain loop and the plain loop with deeprun's step, in lockstep."""
-    torch.set_num_threads(THREADS[case] or os.cpu_count())
-    cfg = deeprun.compose([*CASES[case], *variant, "log.progress=false"])
+    cfg = case_config(case, variant)
     rivals = (plain_epochs, plain_deepruns_step)
     every = cfg.log.every
     warm = lockstep(cfg, rivals, every)  # warm-up (first optimiser, allocator, caches); times an epoch
@@ -229,8 +234,7 @@ def bench(case: str, variant: list[str], repeats: int) -> Rounds:
 def against_lightning(case: str, variant: list[str], repeats: int) -> tuple[list[float], float, float]:
     """deeprun / Lightning of alternating runs (a Trainer cannot be stepped an epoch at a time
     from outside); Lightning's median seconds; deeprun's."""
-    torch.set_num_threads(THREADS[case] or os.cpu_count())
-    cfg = deeprun.compose([*CASES[case], *variant, "log.progress=false"])
+    cfg = case_config(case, variant)
     lightning_run(cfg), deeprun_run(cfg)  # warm-up
     ratios, theirs, ours = [], [], []
     for _ in range(repeats):

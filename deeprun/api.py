@@ -68,7 +68,11 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         _checkpoint(out, cfg, "init", model)
         show = cfg.log.progress if progress is None else progress
         with display.epoch_progress(cfg.epochs, enabled=show) as show_row:
-            train(model, data, cfg, history, show_row if on_log is None else lambda row: (show_row(row), on_log(row)))
+            def log(row: dict) -> None:
+                show_row(row)
+                if on_log is not None:
+                    on_log(row)
+            train(model, data, cfg, history, log)
         status = "diverged" if history.diverged_epoch is not None else "completed"
         _checkpoint(out, cfg, "final", model)
     except KeyboardInterrupt:

@@ -160,7 +160,10 @@ class Table:
 
     def target_key(self) -> str:
         """What an error about the targets names: the CSV's data.target, or the user's data._target_."""
-        return self.source or f"data.target={str(self.y.columns[0])!r}"
+        if self.source:
+            return self.source
+        names = [str(c) for c in self.y.columns]
+        return f"data.target={names[0]!r}" if len(names) == 1 else f"data.target={names}"
 
 
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}  # data.delimiter; auto picks one
@@ -351,11 +354,11 @@ def detect_task(table: Table, task: str, max_classes: int) -> str:
     if task == "regression":
         bad = [c for c in y.columns if not pd.api.types.is_numeric_dtype(y[c])]
         if bad:
-            raise ConfigError(f"{table.source or 'data.target'}: column {bad[0]!r} is not numeric; regression needs numbers "
+            raise ConfigError(f"{table.target_key()}: column {bad[0]!r} is not numeric; regression needs numbers "
                               f"(or set data.task=classification)")
         return "regression"
     if y.shape[1] != 1:
-        raise ConfigError(f"{table.source or f'data.target={list(y.columns)}'}: classification takes one target column")
+        raise ConfigError(f"{table.target_key()}: classification takes one target column")
     n = y.iloc[:, 0].nunique()
     if n < 2:  # task=auto included: an integer column with one value is a one-class problem, not a regression
         value = y.iloc[0, 0]

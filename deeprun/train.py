@@ -27,12 +27,13 @@ from .models import MODE_FREE, count_params
 from .probes import Logged, Probes
 
 # Torch steps an optimiser in one of three ways; deeprun picks the fastest it measured (torch 2.13,
-# CPU), all giving the same numbers: `fused` (one kernel per parameter, no temporaries) for Adam and
+# CPU): `fused` (one kernel per parameter, no temporaries; its own float rounding) for Adam and
 # AdamW at any size (a quarter of the default loop's time on a 100 x 256 resnet, a third of
 # foreach's on seed 001's model D) and for SGD on big nets; `foreach` (one call for all parameters)
 # for SGD and RMSprop on nets up to FOREACH_LIMIT parameters, where torch's default off CUDA is a
-# loop per parameter (a quarter of SGD's step on model D). A big net without a fused kernel keeps
-# torch's default: foreach's parameter-sized temporaries cost it more than they save.
+# loop per parameter (a quarter of SGD's step on model D; the loop's numbers exactly). A big net
+# without a fused kernel keeps torch's default: foreach's parameter-sized temporaries cost it more
+# than they save.
 FOREACH_LIMIT = 1 << 20
 FUSED_ABOVE = {"adam": 0, "adamw": 0, "sgd": FOREACH_LIMIT}  # parameters above which fused is the fastest
 OPTIMIZERS = {

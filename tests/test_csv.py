@@ -258,6 +258,14 @@ def test_integer_target_with_one_value_is_one_class():
         "data.target='label': one class only (7); classification needs two or more")
 
 
+def test_errors_about_several_target_columns_name_them_all():
+    text = "area,a,b\n" + "".join(f"{i},{i % 2},{'xy'[i % 2]}\n" for i in range(10))
+    assert error(text, target="[a,b]") == (
+        "data.target=['a', 'b']: column 'b' is not numeric; regression needs numbers (or set data.task=classification)")
+    assert error(text, "data.task=classification", target="[a,b]") == (
+        "data.target=['a', 'b']: classification takes one target column")
+
+
 def test_training_split_with_one_class():
     n, (train, val) = 5, data_module.split(5, 0.2, 0)
     labels = ["a"] * n
