@@ -17,6 +17,7 @@ checkpoints, progress bar and model summary off), the GFLOP/s the resnets reach
 next to this machine's float32 matmul rate, and start-up times.
 
     python bench/bench.py [--repeats 5] [--only model_d|resnet|resnet_wide|cnn] [--skip lightning,startup]
+                          [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def plain_epochs(cfg, make_optimizer=users_optimizer) -> Iterator[None]:
         if cfg.batch_size is None:
             parts = [(x, y)]
         else:
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen).to(x.device)  # deeprun's batches, on the data's device
             parts = [(x[i], y[i]) for i in perm.split(cfg.batch_size)]
         for xb, yb in parts:
             opt.zero_grad(set_to_none=True)
@@ -113,6 +114,9 @@ def lockstep(cfg, rivals, turn_epochs: int) -> list[list[float]]:
     done = [0] * len(loops)  # how far each loop has come: 1 once set up, 1 + k after epoch k
     turns: list[list[float]] = [[] for _ in range(1 + len(loops))]
     began = [0.0]  # when deeprun's turn began
+    # deeprun's logged epoch ends in a host read, so its turn is over; a plain loop's GPU work is
+    # over only once the queue is drained
+    drain = torch.cuda.synchronize if cfg.device.name == "cuda" else lambda: None
 
     def advance(row: dict) -> None:
         epoch = row["epoch"]
@@ -124,6 +128,7 @@ def lockstep(cfg, rivals, turn_epochs: int) -> list[list[float]]:
             for _ in range(epoch + 1 - done[i]):
                 next(loop)
             done[i] = epoch + 1
+            drain()
             turns[i + 1].append(time.perf_counter() - now)
             now = time.perf_counter()
         began[0] = time.perf_counter()
@@ -138,7 +143,7 @@ def lockstep(cfg, rivals, turn_epochs: int) -> list[list[float]]:
 def deeprun_run(cfg) -> float:
     """deeprun.run, in memory (no records on disk); seconds."""
     start = time.perf_counter()
-    result = deeprun.run(cfg, progress=False)
+    result = deeprun.run(cfg, progress=False)  # ends in a host read: nothing left queued on a GPU
     assert result.summary["status"] == "completed", result.summary
     return time.perf_counter() - start
 
@@ -185,10 +190,12 @@ def lightning_run(cfg) -> float:
         def configure_optimizers(self):
             return users_optimizer(cfg, self)
 
-    trainer = L.Trainer(max_epochs=cfg.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.device.name, devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(Module(), train_dataloaders=Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed),
                 val_dataloaders=Batches(data.x_val, data.y_val, None, cfg.seed))
+    if cfg.device.name == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -214,10 +221,13 @@ class Rounds(NamedTuple):
         return fastest(0) / fastest(rival)
 
 
+DEVICE = "cpu"  # --device
+
+
 def case_config(case: str, variant: list[str]):
-    """The case's config; sets the case's torch thread count."""
+    """The case's config on --device; sets the case's torch thread count."""
     torch.set_num_threads(THREADS[case] or os.cpu_count())
-    return deeprun.compose([*CASES[case], *variant, "log.progress=false"])
+    return deeprun.compose([*CASES[case], *variant, "log.progress=false", f"device={DEVICE}"])
 
 
 def bench(case: str, variant: list[str], repeats: int) -> Rounds:
@@ -255,9 +265,14 @@ def spread(ratios: list[float]) -> str:
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     """This machine's float32 matmul rate on large square matrices (the best of several)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
+    drain = torch.cuda.synchronize if DEVICE == "cuda" else lambda: None
+
+    def product():
+        a @ b
+        drain()
+    product()
+    best = min(_seconds(product) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
 
 
@@ -291,13 +306,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", choices=list(CASES))
     parser.add_argument("--skip", default="", help="comma-separated: lightning, startup")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     skip = set(filter(None, args.skip.split(",")))
     cases = [args.only] if args.only else list(CASES)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+    gpu = f", {torch.cuda.get_device_name()}" if DEVICE == "cuda" else ""
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}; "
           f"medians of {args.repeats} rounds")
-    peak = matmul_gflops()
-    print(f"float32 matmul (2048x2048, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
+    peak = matmul_gflops(8192 if DEVICE == "cuda" else 2048)
+    on = "the GPU" if DEVICE == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"float32 matmul ({8192 if DEVICE == 'cuda' else 2048} square, {on}): {peak:.0f} GFLOP/s")
     print("\n/ plain: deeprun against the loop as users write it; / same step: against that loop stepping with\n"
           "deeprun's optimiser kernels (what the probes and records cost). Each: the ratio of the rounds' quietest\n"
           "turns, then the median of the rounds' ratios with their middle half.")

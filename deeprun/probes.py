@@ -100,8 +100,9 @@ class Probes:
         self._buffer = torch.empty((2 if small else 1, sum(sizes)), device=device)
         self._buffer_rows = self._buffer.unbind(0)  # W_before, and on a small net W_after: views made once, not per epoch
         self._views = [w.detach().view(-1) for w in self.weights] if small else None  # optimisers step in place
-        self._segment = torch.repeat_interleave(torch.arange(len(sizes), device=device),
-                                                torch.tensor(sizes, device=device)) if small else None
+        # segment lengths of both rows; a segment sum, not index_add_, whose CUDA atomics would add in
+        # a different order each run (same seed, other bits)
+        self._lengths = torch.tensor(sizes, device=device).expand(2, -1).contiguous() if small else None
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         self.before = [self._buffer_rows[0].narrow(0, o, w.numel()).view_as(w) for o, w in zip(starts, self.weights)]
         self._scratch = None if small else torch.empty(max(sizes, default=0), device=device)
@@ -178,7 +179,7 @@ class Probes:
         torch.cat(self._views, out=after)
         before.sub_(after)
         squares = self._buffer.square_()
-        return torch.zeros((2, len(self.weights)), device=squares.device).index_add_(1, self._segment, squares).sqrt_()
+        return torch.segment_reduce(squares, "sum", lengths=self._lengths, axis=1).sqrt_()
 
     # --- activations -------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,8 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
 
 @dataclass
 class History:
-    """What the loop has learnt so far; complete up to the last logged epoch."""
+    """What the loop has learnt so far: every epoch up to the last logged one (after a Ctrl-C, up
+    to the last finished one)."""
 
     metric: str
     epochs: list[dict] = field(default_factory=list)  # rows of epochs.csv
@@ -201,47 +202,64 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
             return losses[0]
         return (torch.stack(losses) * batch_weights).sum()  # the mean over samples, not over batches
 
-    for epoch in range(epochs + 1):
-        t0 = time.perf_counter()
-        probing = epoch % every == 0 or epoch == epochs
-        if probing:
-            probes.start_epoch()
-        if epoch == 0:
-            # The model at initialisation: the loss and gradient of epoch 1's first batch, no step.
-            # Epoch 1 steps with them rather than computing them again. The forward pass moved
-            # BatchNorm's running statistics: epoch 0 is validated with the initial ones, epoch 1
-            # gets the moved ones back.
-            initial = [b.clone() for b in model.buffers()]
-            carried = train_loss = step_epoch(None if slices is None else slices[:1], step=False, probe=True)
-            moved = [b.clone() for b in model.buffers()]
-            for b, saved in zip(model.buffers(), initial):
-                b.copy_(saved)
-        else:
-            if epoch == 1:
-                for b, saved in zip(model.buffers(), moved):
+    try:
+        for epoch in range(epochs + 1):
+            t0 = time.perf_counter()
+            probing = epoch % every == 0 or epoch == epochs
+            if probing:
+                probes.start_epoch()
+            if epoch == 0:
+                # The model at initialisation: the loss and gradient of epoch 1's first batch, no step.
+                # Epoch 1 steps with them rather than computing them again. The forward pass moved
+                # BatchNorm's running statistics: epoch 0 is validated with the initial ones, epoch 1
+                # gets the moved ones back.
+                initial = [b.clone() for b in model.buffers()]
+                carried = train_loss = step_epoch(None if slices is None else slices[:1], step=False, probe=True)
+                moved = [b.clone() for b in model.buffers()]
+                for b, saved in zip(model.buffers(), initial):
                     b.copy_(saved)
             else:
-                slices = batches(n, batch_size, gen, x.device)
-            train_loss = step_epoch(slices, step=True, probe=probing)
-        val_raw = evaluate(model, data, validation, probes if probing else None, switch)
-        lr = optimizer.param_groups[0]["lr"]
-        if epoch > 0 and scheduler is not None:
-            if plateau:  # host sync: it compares numbers
-                val_loss = validation.finish(val_raw.tolist())[0]
-                scheduler.step(val_loss if validation.size else train_loss.item())
-            else:
-                scheduler.step()
-        pending.append((epoch, train_loss, val_raw, lr, time.perf_counter() - t0))
-        if probing:
-            if _sync(history, pending, probes, validation, on_log):
-                return
-            pending = []
+                if epoch == 1:
+                    for b, saved in zip(model.buffers(), moved):
+                        b.copy_(saved)
+                else:
+                    slices = batches(n, batch_size, gen, x.device)
+                train_loss = step_epoch(slices, step=True, probe=probing)
+            val_raw = evaluate(model, data, validation, probes if probing else None, switch)
+            lr = optimizer.param_groups[0]["lr"]
+            if epoch > 0 and scheduler is not None:
+                if plateau:  # host sync: it compares numbers
+                    val_loss = validation.finish(val_raw.tolist())[0]
+                    scheduler.step(val_loss if validation.size else train_loss.item())
+                else:
+                    scheduler.step()
+            pending.append((epoch, train_loss, val_raw, lr, time.perf_counter() - t0))
+            if probing:
+                if _sync(history, pending, probes, validation, on_log):
+                    return
+                pending = []
+    except KeyboardInterrupt:  # the epochs finished since the last logged one are kept too
+        _read_epochs(history, [p for p in pending if not history.epochs or p[0] > history.epochs[-1]["epoch"]],
+                     validation)
+        raise
 
 
 def _sync(history: History, pending: list, probes: Probes, validation: Validation, on_log) -> bool:
     """Read the pending epochs and the layer stats in one host transfer; True when diverged."""
-    flat = torch.cat([torch.stack([p[1] for p in pending]), *(p[2] for p in pending),
-                      *probes.collect()]).tolist()  # host sync
+    flat = _read_epochs(history, pending, validation, probes.collect())
+    logged = pending[-1][0]
+    if history.diverged_epoch is None or history.diverged_epoch == logged:  # else: stats of a run already lost
+        history.logged.append(probes.logged(logged, flat[len(pending) * (1 + validation.size):]))
+    on_log(history.epochs[-1])
+    return history.diverged_epoch is not None
+
+
+def _read_epochs(history: History, pending: list, validation: Validation, more: Sequence[torch.Tensor] = ()) -> list[float]:
+    """Append the pending epochs' rows to history, reading them with `more` device numbers in one
+    host sync (the numbers, all of them, returned); stops at the first non-finite training loss."""
+    if not pending:
+        return []
+    flat = torch.cat([torch.stack([p[1] for p in pending]), *(p[2] for p in pending), *more]).tolist()  # host sync
     k = len(pending)
     for (epoch, _, _, lr, seconds), train_loss in zip(pending, flat):
         val_loss, metric = validation.finish(flat[k:k + validation.size])
@@ -251,8 +269,4 @@ def _sync(history: History, pending: list, probes: Probes, validation: Validatio
         if not math.isfinite(train_loss):  # not val_loss: BatchNorm's fresh running statistics can overflow it early
             history.diverged_epoch = epoch
             break
-    logged = pending[-1][0]
-    if history.diverged_epoch is None or history.diverged_epoch == logged:  # else: stats of a run already lost
-        history.logged.append(probes.logged(logged, flat[len(pending) * (1 + validation.size):]))
-    on_log(history.epochs[-1])
-    return history.diverged_epoch is not None
+    return flat

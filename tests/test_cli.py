@@ -488,11 +488,14 @@ def test_ctrl_c_leaves_an_interrupted_record(tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([str(DEEPRUN), "epochs=1000000", "log.every=50", "log.progress=false", "data.n=64"],
+    proc = subprocess.Popen([str(DEEPRUN), "epochs=1000000", "log.every=50", "log.progress=false", "data.n=64",
+                             "save.checkpoints=[init]"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
+    # init.pt is written once the model is built, just before training: from then on epochs come
+    # (summary.json comes earlier, before data, model and device are set up: seconds on a GPU machine)
     while time.monotonic() < deadline and not any(
-            d.joinpath("summary.json").exists() for d in (tmp_path / "outputs" / "runs").glob("*/*")):
+            d.joinpath("init.pt").exists() for d in (tmp_path / "outputs" / "runs").glob("*/*")):
         time.sleep(0.2)
     time.sleep(3)  # well into training
     proc.send_signal(signal.SIGINT)

@@ -206,8 +206,11 @@ def test_no_validation_set():
 
 # --- determinism -----------------------------------------------------------------------------------
 
-def test_same_seed_same_records_and_another_seed_differs(tmp_path):
-    overrides = ("epochs=4", "batch_size=16", "dropout=0.2", "log.every=2")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU here (CI has none); checked on a lent GPU machine"))])
+def test_same_seed_same_records_and_another_seed_differs(tmp_path, device):
+    """Byte for byte on the CPU and on a GPU: no probe adds with atomics in a run-dependent order."""
+    overrides = ("epochs=4", "batch_size=16", "dropout=0.2", "log.every=2", f"device={device}")
     a = deeprun.run(cpu(*overrides), out_dir=tmp_path / "a")
     b = deeprun.run(cpu(*overrides), out_dir=tmp_path / "b")
     for name in ("epochs.csv", "layers.csv"):
@@ -217,6 +220,39 @@ def test_same_seed_same_records_and_another_seed_differs(tmp_path):
     c = deeprun.run(cpu(*overrides, "seed=1"))
     assert not any(c.epochs.train_loss[1:].to_numpy() == a.epochs.train_loss[1:].to_numpy())
     assert c.summary["seed"] == 1
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------------
+
+def test_ctrl_c_between_logged_epochs_keeps_every_finished_epoch(tmp_path, monkeypatch):
+    """KeyboardInterrupt in epoch 23 of a run logged every 10th epoch: epochs.csv still holds
+    epochs 0-22 (read at the interrupt, not only up to the last logged epoch 20), with the losses
+    an uninterrupted run gets; layers.csv holds the logged epochs 0, 10, 20; status interrupted."""
+    cfg = cpu("epochs=40", "log.every=10", "data.n=100")  # full batch: 80 training rows, 20 validation rows
+    whole = deeprun.run(cfg)
+    build = deeprun.api.build_model
+
+    def interrupted_model(cfg, data):
+        model = build(cfg, data)
+        passes = iter(range(1, 10 ** 6))
+
+        def hook(module, inputs):
+            # one training pass an epoch (epoch 1 reuses epoch 0's): the 23rd is epoch 23's
+            if len(inputs[0]) == 80 and next(passes) == 23:
+                raise KeyboardInterrupt
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(deeprun.api, "build_model", interrupted_model)
+    with pytest.raises(KeyboardInterrupt):
+        deeprun.run(cfg, out_dir=tmp_path)
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    assert list(epochs.epoch) == list(range(23))
+    assert epochs.train_loss.tolist() == whole.epochs.train_loss[:23].tolist()
+    assert epochs.val_loss.tolist() == whole.epochs.val_loss[:23].tolist()
+    assert sorted(set(pd.read_csv(tmp_path / "layers.csv").epoch)) == [0, 10, 20]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["final_train_loss"] == epochs.train_loss.iloc[-1]
 
 
 # --- divergence ------------------------------------------------------------------------------------
