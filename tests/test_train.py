@@ -248,8 +248,9 @@ def test_ctrl_c_between_logged_epochs_keeps_every_finished_epoch(tmp_path, monke
         deeprun.run(cfg, out_dir=tmp_path)
     epochs = pd.read_csv(tmp_path / "epochs.csv")
     assert list(epochs.epoch) == list(range(23))
-    assert epochs.train_loss.tolist() == whole.epochs.train_loss[:23].tolist()
-    assert epochs.val_loss.tolist() == whole.epochs.val_loss[:23].tolist()
+    # the same numbers; on a many-core machine a matmul's last bit can follow the memory it lands in
+    assert epochs.train_loss.tolist() == pytest.approx(whole.epochs.train_loss[:23].tolist(), rel=1e-6, abs=0)
+    assert epochs.val_loss.tolist() == pytest.approx(whole.epochs.val_loss[:23].tolist(), rel=1e-6, abs=0)
     assert sorted(set(pd.read_csv(tmp_path / "layers.csv").epoch)) == [0, 10, 20]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["final_train_loss"] == epochs.train_loss.iloc[-1]
