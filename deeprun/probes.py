@@ -23,7 +23,7 @@ from torch import nn
 from .models import WEIGHT_LAYERS
 from .records import LAYER_COLUMNS
 
-FLAT_LIMIT = 1 << 20  # weights up to which Probes keep W_before in two flat rows (see __init__)
+FLAT_LIMIT = 1 << 20  # weights up to which Probes keep W_before and W_after in flat rows (see __init__)
 RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.ReLU6, nn.PReLU, nn.CELU, nn.RReLU)
 ACTIVATION_MODULES = (*RELU_FAMILY, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
 
@@ -92,23 +92,32 @@ class Probes:
         self.steps = 0
         # W_before lives in one flat buffer. On a small net every kernel launch counts: one copy, one
         # subtraction and one segment sum then replace a kernel per layer (seed 001's model D: a
-        # tenth of its epoch). A big net keeps per-layer norms (the segment sum is slower on
-        # millions of weights), a single row (no second copy of its weights) and a scratch the
-        # size of its largest layer.
+        # tenth of its epoch). Its rows 0 and 2 take turns holding W_before and W_after, with their
+        # difference between them, so that [W_after, difference] is always two adjacent rows (one
+        # square, one segment sum) and W_after stays whole to be the next epoch's W_before (probes
+        # every epoch: no copy at the epoch's start). A big net keeps per-layer norms (the segment
+        # sum is slower on millions of weights), a single row (no second copy of its weights) and a
+        # scratch the size of its largest layer.
         sizes = [w.numel() for w in self.weights]
         small = sum(sizes) <= FLAT_LIMIT and all(w.is_contiguous() for w in self.weights)
-        self._buffer = torch.empty((2 if small else 1, sum(sizes)), device=device)
-        self._buffer_rows = self._buffer.unbind(0)  # W_before, and on a small net W_after: views made once, not per epoch
-        self._views = [w.detach().view(-1) for w in self.weights] if small else None  # optimisers step in place
-        # segment lengths of both rows; a segment sum, not index_add_, whose CUDA atomics would add in
-        # a different order each run (same seed, other bits)
-        self._lengths = torch.tensor(sizes, device=device).expand(2, -1).contiguous() if small else None
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.before = [self._buffer_rows[0].narrow(0, o, w.numel()).view_as(w) for o, w in zip(starts, self.weights)]
-        self._scratch = None if small else torch.empty(max(sizes, default=0), device=device)
+        self._buffer = torch.empty((3 if small else 1, sum(sizes)), device=device)
+        self._buffer_rows = self._buffer.unbind(0)  # views made once, not per epoch
+        self._at = 0  # the row holding W_before
+        if small:
+            self._views = [w.detach().view(-1) for w in self.weights]  # optimisers step in place
+            self._squares = torch.empty((2, sum(sizes)), device=device)
+            # segment lengths of both rows; a segment sum, not index_add_, whose CUDA atomics would
+            # add in a different order each run (same seed, other bits)
+            self._lengths = torch.tensor(sizes, device=device).expand(2, -1).contiguous()
+            self._pairs = {0: self._buffer[0:2], 2: self._buffer[1:3]}  # W_after's row -> [W_after, diff] rows
+            self.before, self._scratch = [], None
+        else:
+            self._views = None
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            self.before = [self._buffer_rows[0].narrow(0, o, n).view_as(w)
+                           for o, n, w in zip(starts, sizes, self.weights)]
+            self._scratch = torch.empty(max(sizes, default=0), device=device)
         self.before_norms: torch.Tensor | None = None  # (L,) ||W_before||
-        # the weights' version counters when before_norms (and, on a big net, `before`) last equalled them
-        self._versions: list[int] = []
 
     @torch.no_grad()
     def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], list[tuple[int, nn.Module, int]]]:
@@ -143,18 +152,19 @@ class Probes:
 
     # --- gradients and weights -------------------------------------------------
 
-    def start_epoch(self) -> None:
+    def start_epoch(self, unchanged: bool = False) -> None:
+        """An epoch to probe begins. `unchanged`: no weight has changed since the last collect (the
+        previous epoch was probed); then W_before and its norms are what that collect left, which
+        saves a pass over the weights. Only the caller can say so: fused optimisers step without
+        bumping the weights' version counters."""
         self.grad_sum, self.steps = None, 0
         with torch.no_grad():
-            # W_before and its norms: what the last collect left when no weight has changed since
-            # (probes every epoch), which saves a pass over the weights; else taken now
-            moved = [w._version for w in self.weights] != self._versions
-            if moved:
+            if not unchanged or self.before_norms is None:
                 self.before_norms = torch.stack(torch._foreach_norm(self.weights))
-            if self._views is not None:
-                torch.cat(self._views, out=self._buffer_rows[0])
-            elif moved:
-                torch._foreach_copy_(self.before, self.weights)
+                if self._views is not None:
+                    torch.cat(self._views, out=self._buffer_rows[self._at])
+                else:
+                    torch._foreach_copy_(self.before, self.weights)
 
     def after_backward(self) -> None:
         grads = [w.grad if w.grad is not None else self._zero for w in self.weights]
@@ -163,9 +173,9 @@ class Probes:
             self.grad_sum = norms if self.grad_sum is None else self.grad_sum.add_(norms)
         self.steps += 1
 
-    def _update_norms(self) -> torch.Tensor:
-        """(2, L): ||W_after - W_before|| and ||W_after|| per layer. A big net's W_before becomes
-        W_after (the next epoch's W_before, if no step comes first); a small net's is spent."""
+    def _update_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """||W_after - W_before|| and ||W_after|| per layer, (L,) each; W_after becomes W_before
+        (the next epoch's, if no step comes first)."""
         if self._views is None:
             # layer by layer, so that the norms and the copy read a weight the subtraction has just
             # brought into cache: a third less time than whole-net passes (100 x 1024 x 1024 weights)
@@ -174,12 +184,14 @@ class Probes:
                 updates.append(torch.linalg.vector_norm(torch.sub(w, b, out=self._scratch[:w.numel()].view(w.shape))))
                 weights.append(torch.linalg.vector_norm(w))
                 b.copy_(w)
-            return torch.stack(updates + weights).view(2, -1)
-        before, after = self._buffer_rows
-        torch.cat(self._views, out=after)
-        before.sub_(after)
-        squares = self._buffer.square_()
-        return torch.segment_reduce(squares, "sum", lengths=self._lengths, axis=1).sqrt_()
+            return torch.stack(updates), torch.stack(weights)
+        before, after = self._at, 2 - self._at
+        torch.cat(self._views, out=self._buffer_rows[after])
+        torch.sub(self._buffer_rows[after], self._buffer_rows[before], out=self._buffer_rows[1])
+        torch.square(self._pairs[after], out=self._squares)
+        norms = torch.segment_reduce(self._squares, "sum", lengths=self._lengths, axis=1).sqrt_().unbind(0)
+        self._at = after
+        return (norms[1], norms[0]) if after == 0 else norms
 
     # --- activations -------------------------------------------------------------
 
@@ -243,9 +255,9 @@ class Probes:
         """
         with torch.no_grad():
             grads = self.grad_sum if self.grad_sum is not None else self.nan.expand(len(self.weights))
-            norms = self._update_norms()
-            parts = [grads, norms.view(-1), self.before_norms]
-            self.before_norms, self._versions = norms[1], [w._version for w in self.weights]
+            updates, weights = self._update_norms()
+            parts = [grads, updates, weights, self.before_norms]
+            self.before_norms = weights
             self._shapes = tuple(a.shape for a in self._kept())
             for idx, tanh, sigmoid in self._plan(self._shapes) if self._shapes else []:
                 parts += self._activation_stats([self._captured[self.act_keep[i]] for i in idx], tanh, sigmoid)

@@ -202,12 +202,13 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
             return losses[0]
         return (torch.stack(losses) * batch_weights).sum()  # the mean over samples, not over batches
 
+    probing = False
     try:
         for epoch in range(epochs + 1):
             t0 = time.perf_counter()
-            probing = epoch % every == 0 or epoch == epochs
+            probing, probed = epoch % every == 0 or epoch == epochs, probing
             if probing:
-                probes.start_epoch()
+                probes.start_epoch(unchanged=probed)  # no step since the last epoch's collect
             if epoch == 0:
                 # The model at initialisation: the loss and gradient of epoch 1's first batch, no step.
                 # Epoch 1 steps with them rather than computing them again. The forward pass moved

@@ -92,18 +92,22 @@ def test_the_layout_follows_the_size(layout):
 
 
 @pytest.mark.usefixtures("layout")
-def test_consecutive_epochs_and_weights_changed_between_them():
-    """||W_before|| is the last epoch's ||W_after|| when nothing moved the weights since, and
-    measured afresh when something did (a step outside the probed epochs)."""
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: torch.optim.SGD(params, lr=0.1, foreach=False),
+    lambda params: torch.optim.Adam(params, lr=0.1, fused=True),  # steps without bumping version counters
+], ids=["sgd", "fused_adam"])
+def test_consecutive_epochs_and_weights_changed_between_them(make_optimizer):
+    """W_before and ||W_before|| are what the last collect left when the caller says nothing moved
+    the weights since, and are taken afresh when something did (a step outside the probed epochs)."""
     model, x = mlp(), batch()
     probes = Probes(model, x)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = make_optimizer(model.parameters())
     for epoch in range(4):
         if epoch == 2:  # an unprobed step between epochs 1 and 2
             opt.zero_grad()
             loss_of(model, batch(seed=9)).backward()
             opt.step()
-        probes.start_epoch()
+        probes.start_epoch(unchanged=epoch in (1, 3))
         before = [m.weight.detach().clone() for m in layers_of(model)]
         opt.zero_grad()
         loss_of(model, batch(seed=epoch)).backward()

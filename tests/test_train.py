@@ -290,6 +290,23 @@ def test_divergence_stops_the_run_and_is_recorded(tmp_path, every):
 
 # --- logging cadence and loss@ ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("layout", ["flat", "per_layer"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])  # fused, foreach (train.implementation)
+def test_update_ratio_spans_only_the_logged_epoch_when_probing_every_nth(monkeypatch, layout, optimizer):
+    """log.every=3: the update ratio of logged epoch 3 is ||W_3 - W_2|| / ||W_2||, the one a run
+    probing every epoch records, not a ratio reaching back to the last logged epoch (fused
+    optimisers step without bumping the weights' version counters, so nothing may rely on them)."""
+    if layout == "per_layer":
+        monkeypatch.setattr("deeprun.probes.FLAT_LIMIT", 0)
+    every_epoch, every_3rd = (deeprun.run(cpu("epochs=7", f"optimizer={optimizer}", f"log.every={n}")).layers
+                              for n in (1, 3))
+    assert sorted(set(every_3rd.epoch)) == [0, 3, 6, 7]
+    for epoch in (3, 6, 7):
+        mine = every_3rd[every_3rd.epoch == epoch].update_ratio.tolist()
+        theirs = every_epoch[every_epoch.epoch == epoch].update_ratio.tolist()
+        assert mine == pytest.approx(theirs, rel=1e-5), epoch
+
+
 def test_log_every_probes_at_0_multiples_and_the_last_epoch(tmp_path):
     result = deeprun.run(cpu("log.every=5", "epochs=12"), out_dir=tmp_path)
     assert list(result.epochs.epoch) == list(range(13))
