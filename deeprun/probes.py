@@ -105,7 +105,10 @@ class Probes:
         self._at = 0  # the row holding W_before
         if small:
             self._views = [w.detach().view(-1) for w in self.weights]  # optimisers step in place
-            self._squares = torch.empty((2, sum(sizes)), device=device)
+            # summed in float64: one after another (a segment sum), float32 would lose four digits
+            # over a 512 x 512 layer (MPS has no float64)
+            self._squares = torch.empty((2, sum(sizes)), device=device,
+                                        dtype=torch.float32 if torch.device(device).type == "mps" else torch.float64)
             # segment lengths of both rows; a segment sum, not index_add_, whose CUDA atomics would
             # add in a different order each run (same seed, other bits)
             self._lengths = torch.tensor(sizes, device=device).expand(2, -1).contiguous()
