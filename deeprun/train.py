@@ -206,9 +206,10 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
     try:
         for epoch in range(epochs + 1):
             t0 = time.perf_counter()
-            probing, probed = epoch % every == 0 or epoch == epochs, probing
+            probed = probing  # the epoch before was probed: no step since its collect
+            probing = epoch % every == 0 or epoch == epochs
             if probing:
-                probes.start_epoch(unchanged=probed)  # no step since the last epoch's collect
+                probes.start_epoch(unchanged=probed)
             if epoch == 0:
                 # The model at initialisation: the loss and gradient of epoch 1's first batch, no step.
                 # Epoch 1 steps with them rather than computing them again. The forward pass moved
