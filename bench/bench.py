@@ -65,6 +65,12 @@ TURN = 0.2  # seconds deeprun runs before the plain loops catch up (at least a l
 VARIANTS = {"probes every epoch": ["log.every=1"], "probes every 10th epoch": ["log.every=10"]}
 
 
+def drain(device: str) -> None:
+    """Wait for the work queued on `device`: a GPU runs it after the Python call returns."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def users_optimizer(cfg, model) -> torch.optim.Optimizer:
     return PLAIN_OPTIMIZERS[cfg.optimizer.name](model.parameters(), lr=cfg.lr)  # as a user writes it
 
@@ -114,9 +120,6 @@ def lockstep(cfg, rivals, turn_epochs: int) -> list[list[float]]:
     done = [0] * len(loops)  # how far each loop has come: 1 once set up, 1 + k after epoch k
     turns: list[list[float]] = [[] for _ in range(1 + len(loops))]
     began = [0.0]  # when deeprun's turn began
-    # deeprun's logged epoch ends in a host read, so its turn is over; a plain loop's GPU work is
-    # over only once the queue is drained
-    drain = torch.cuda.synchronize if cfg.device.name == "cuda" else lambda: None
 
     def advance(row: dict) -> None:
         epoch = row["epoch"]
@@ -128,7 +131,7 @@ def lockstep(cfg, rivals, turn_epochs: int) -> list[list[float]]:
             for _ in range(epoch + 1 - done[i]):
                 next(loop)
             done[i] = epoch + 1
-            drain()
+            drain(cfg.device.name)  # deeprun's turn ends in its host read; a plain loop's, only here
             turns[i + 1].append(time.perf_counter() - now)
             now = time.perf_counter()
         began[0] = time.perf_counter()
@@ -190,12 +193,12 @@ def lightning_run(cfg) -> float:
         def configure_optimizers(self):
             return users_optimizer(cfg, self)
 
-    trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.device.name, devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.device.name, devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
     trainer.fit(Module(), train_dataloaders=Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed),
                 val_dataloaders=Batches(data.x_val, data.y_val, None, cfg.seed))
-    if cfg.device.name == "cuda":
-        torch.cuda.synchronize()
+    drain(cfg.device.name)
     return time.perf_counter() - start
 
 
@@ -221,18 +224,15 @@ class Rounds(NamedTuple):
         return fastest(0) / fastest(rival)
 
 
-DEVICE = "cpu"  # --device
-
-
-def case_config(case: str, variant: list[str]):
-    """The case's config on --device; sets the case's torch thread count."""
+def case_config(case: str, variant: list[str], device: str):
+    """The case's config on `device`; sets the case's torch thread count."""
     torch.set_num_threads(THREADS[case] or os.cpu_count())
-    return deeprun.compose([*CASES[case], *variant, "log.progress=false", f"device={DEVICE}"])
+    return deeprun.compose([*CASES[case], *variant, "log.progress=false", f"device={device}"])
 
 
-def bench(case: str, variant: list[str], repeats: int) -> Rounds:
+def bench(case: str, variant: list[str], repeats: int, device: str) -> Rounds:
     """deeprun against the plain loop and the plain loop with deeprun's step, in lockstep."""
-    cfg = case_config(case, variant)
+    cfg = case_config(case, variant, device)
     rivals = (plain_epochs, plain_deepruns_step)
     every = cfg.log.every
     warm = lockstep(cfg, rivals, every)  # warm-up (first optimiser, allocator, caches); times an epoch
@@ -241,10 +241,10 @@ def bench(case: str, variant: list[str], repeats: int) -> Rounds:
     return Rounds([lockstep(cfg, rivals, turn_epochs) for _ in range(repeats)])
 
 
-def against_lightning(case: str, variant: list[str], repeats: int) -> tuple[list[float], float, float]:
+def against_lightning(case: str, variant: list[str], repeats: int, device: str) -> tuple[list[float], float, float]:
     """deeprun / Lightning of alternating runs (a Trainer cannot be stepped an epoch at a time
     from outside); Lightning's median seconds; deeprun's."""
-    cfg = case_config(case, variant)
+    cfg = case_config(case, variant, device)
     lightning_run(cfg), deeprun_run(cfg)  # warm-up
     ratios, theirs, ours = [], [], []
     for _ in range(repeats):
@@ -263,14 +263,13 @@ def spread(ratios: list[float]) -> str:
     return f"{mid:.3f} ({low:.2f}-{high:.2f})"
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """This machine's float32 matmul rate on large square matrices (the best of several)."""
-    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
-    drain = torch.cuda.synchronize if DEVICE == "cuda" else lambda: None
+def matmul_gflops(device: str, n: int, repeats: int = 10) -> float:
+    """The device's float32 matmul rate on n x n matrices (the best of several)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
 
     def product():
         a @ b
-        drain()
+        drain(device)
     product()
     best = min(_seconds(product) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
@@ -308,16 +307,16 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated: lightning, startup")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    gpu = args.device == "cuda"
     skip = set(filter(None, args.skip.split(",")))
     cases = [args.only] if args.only else list(CASES)
-    gpu = f", {torch.cuda.get_device_name()}" if DEVICE == "cuda" else ""
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}; "
+    size = 8192 if gpu else 2048  # big enough to reach the device's rate
+    card = f", {torch.cuda.get_device_name()}" if gpu else ""
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores{card}, torch {torch.__version__}; "
           f"medians of {args.repeats} rounds")
-    peak = matmul_gflops(8192 if DEVICE == "cuda" else 2048)
-    on = "the GPU" if DEVICE == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"float32 matmul ({8192 if DEVICE == 'cuda' else 2048} square, {on}): {peak:.0f} GFLOP/s")
+    peak = matmul_gflops(args.device, size)
+    on = "the GPU" if gpu else f"{torch.get_num_threads()} threads"
+    print(f"float32 matmul ({size} square, {on}): {peak:.0f} GFLOP/s")
     print("\n/ plain: deeprun against the loop as users write it; / same step: against that loop stepping with\n"
           "deeprun's optimiser kernels (what the probes and records cost). Each: the ratio of the rounds' quietest\n"
           "turns, then the median of the rounds' ratios with their middle half.")
@@ -325,7 +324,7 @@ def main() -> None:
           f"{'same s':>7} {'deeprun s':>9} {'GFLOP/s':>8}")
     for case in cases:
         for name, variant in VARIANTS.items():
-            rounds = bench(case, variant, args.repeats)
+            rounds = bench(case, variant, args.repeats, args.device)
             d = rounds.seconds(0)
             rate = training_flops(deeprun.compose(CASES[case])) / d / 1e9 if case.startswith("resnet") else None
             shown = f"{rate:8.1f}" if rate else f"{'':8}"
@@ -336,7 +335,7 @@ def main() -> None:
         print(f"\n{'case':12} {'variant':26} {'deeprun / Lightning':>20} {'Lightning s':>12} {'deeprun s':>10}")
         for case in [c for c in cases if c in ("model_d", "resnet")]:
             for name, variant in VARIANTS.items():
-                ratios, lit, d = against_lightning(case, variant, args.repeats)
+                ratios, lit, d = against_lightning(case, variant, args.repeats, args.device)
                 print(f"{case:12} {name:26} {spread(ratios):>20} {lit:12.3f} {d:10.3f}", flush=True)
     if "startup" not in skip:
         help_s, tiny_s = startup()

@@ -241,8 +241,8 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
                     return
                 pending = []
     except KeyboardInterrupt:  # the epochs finished since the last logged one are kept too
-        _read_epochs(history, [p for p in pending if not history.epochs or p[0] > history.epochs[-1]["epoch"]],
-                     validation)
+        done = history.epochs[-1]["epoch"] if history.epochs else -1  # _sync may have read some already
+        _read_epochs(history, [p for p in pending if p[0] > done], validation)
         raise
 
 
@@ -256,7 +256,8 @@ def _sync(history: History, pending: list, probes: Probes, validation: Validatio
     return history.diverged_epoch is not None
 
 
-def _read_epochs(history: History, pending: list, validation: Validation, more: Sequence[torch.Tensor] = ()) -> list[float]:
+def _read_epochs(history: History, pending: list, validation: Validation,
+                 more: Sequence[torch.Tensor] = ()) -> list[float]:
     """Append the pending epochs' rows to history, reading them with `more` device numbers in one
     host sync (the numbers, all of them, returned); stops at the first non-finite training loss."""
     if not pending:
