@@ -40,7 +40,7 @@ import torch
 
 import deeprun
 from deeprun.data import LOSSES
-from deeprun.train import build_optimizer
+from deeprun.train import build_optimizer, clear_grads
 
 CASES = {
     # seed 001 model D: [3]+[8]*8+[1], full batch, 1000 epochs of plain SGD
@@ -75,12 +75,14 @@ def users_optimizer(cfg, model) -> torch.optim.Optimizer:
     return PLAIN_OPTIMIZERS[cfg.optimizer.name](model.parameters(), lr=cfg.lr)  # as a user writes it
 
 
-def plain_epochs(cfg, make_optimizer=users_optimizer) -> Iterator[None]:
+def plain_epochs(cfg, deeprun_kernels: bool = False) -> Iterator[None]:
     """The hand-written loop, a step at a time: it yields once set up (data, model, optimiser),
-    then after each epoch."""
+    then after each epoch. `deeprun_kernels`: step with deeprun's choice of optimiser kernels and
+    clear the gradients as deeprun does (train.clear_grads), instead of as users write it."""
     data = deeprun.build_data(cfg)
     model = deeprun.build_model(cfg, data)  # the same initial weights deeprun starts from
-    opt = make_optimizer(cfg, model)
+    opt = (build_optimizer if deeprun_kernels else users_optimizer)(cfg, model)
+    params = list(model.parameters())
     loss_fn = LOSSES[data.task]
     x, y, n = data.x_train, data.y_train, len(data.x_train)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -93,7 +95,10 @@ def plain_epochs(cfg, make_optimizer=users_optimizer) -> Iterator[None]:
             perm = torch.randperm(n, generator=gen).to(x.device)  # deeprun's batches, on the data's device
             parts = [(x[i], y[i]) for i in perm.split(cfg.batch_size)]
         for xb, yb in parts:
-            opt.zero_grad(set_to_none=True)
+            if deeprun_kernels:
+                clear_grads(params)
+            else:
+                opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
@@ -106,7 +111,7 @@ def plain_epochs(cfg, make_optimizer=users_optimizer) -> Iterator[None]:
 def plain_deepruns_step(cfg) -> Iterator[None]:
     """The plain loop stepping with deeprun's choice of torch's optimiser kernels: against it,
     deeprun's ratio is what its probes and records cost."""
-    return plain_epochs(cfg, build_optimizer)
+    return plain_epochs(cfg, deeprun_kernels=True)
 
 
 def lockstep(cfg, rivals, turn_epochs: int) -> list[list[float]]:

@@ -70,6 +70,13 @@ def implementation(name: str, params: int) -> dict:
     return {"foreach": True} if params <= FOREACH_LIMIT else {}
 
 
+def clear_grads(params: list[torch.Tensor]) -> None:
+    """optimizer.zero_grad(set_to_none=True) without its profiler bookkeeping: a tenth of its time
+    (4 us against 40 us on seed 001's model D, whose epoch is under a millisecond)."""
+    for p in params:
+        p.grad = None
+
+
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
     return lookup(SCHEDULERS, cfg.scheduler.name, "scheduler")(optimizer, cfg.scheduler, cfg.epochs)
 
@@ -169,6 +176,7 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
     validation = Validation(data)
     gen = torch.Generator().manual_seed(cfg.seed)
     x, y, n = data.x_train, data.y_train, len(data.x_train)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     pending: list[tuple] = []  # (epoch, train loss, validation.raw(), lr, seconds) awaiting a sync
 
     switch = needs_mode_switch(model)
@@ -188,7 +196,7 @@ def train(model: nn.Module, data: Data, cfg: DictConfig, history: History,
                 loss, carried = carried, None
             else:
                 xb, yb = (x, y) if idx is None else (x[idx], y[idx])  # (B, n_in), (B, n_out)
-                optimizer.zero_grad(set_to_none=True)
+                clear_grads(params)
                 loss = loss_fn(model(xb), yb)
                 loss.backward()
             if probe:
