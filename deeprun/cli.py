@@ -159,6 +159,19 @@ def _group_literal(args: list[str]) -> Optional[ConfigError]:
     return None
 
 
+def _asked_by(group: str, option: str, args: list[str]) -> Optional[str]:
+    """The user's override whose config chose `group=option` (`hparams_search=lr_width` picks
+    hydra/sweeper=optuna), so that an error about the choice names what the user typed."""
+    chosen = re.compile(rf"override\s+/{re.escape(group)}\s*:\s*{re.escape(option)}\s*$", re.MULTILINE)
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        for name in value.split(","):  # `-m hparams_search=a,b` sweeps over options
+            path = conf_dir() / key / f"{name}.yaml"
+            if re.fullmatch(r"[\w/-]+", key + name) and path.is_file() and chosen.search(path.read_text()):
+                return f"{key}={name}"
+    return None
+
+
 def _raised_in_hydra(e: BaseException) -> bool:
     tb = e.__traceback__
     while tb is not None and tb.tb_next is not None:
@@ -177,7 +190,9 @@ def one_line(e: BaseException) -> str:
         group, _, option = e.missing_cfg_file.rpartition("/")
         extra = PLUGIN_EXTRAS.get(group, {}).get(option)
         if extra:
-            return f"{group}={option}: its Hydra plugin is not installed; pip install 'deeprun[{extra}]'"
+            asked = _asked_by(group, option, sys.argv[1:])
+            who = f"{asked} needs {group}={option}, whose" if asked else f"{group}={option}: its"
+            return f"{who} Hydra plugin is not installed; pip install 'deeprun[{extra}]'"
         options = ", ".join(o for o in (e.options or []))
         return f"{group}={option}: no such option; choose from: {options}"
     if isinstance(e, OverrideParseException):

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -353,6 +354,13 @@ def test_missing_plugin_names_the_extra_to_install():
     assert one_line(e) == "hydra/sweeper=optuna: its Hydra plugin is not installed; pip install 'deeprun[optuna]'"
     e = MissingConfigException("not found", missing_cfg_file="hydra/launcher/submitit_slurm", options=["basic"])
     assert one_line(e).endswith("pip install 'deeprun[slurm]'")
+
+
+def test_missing_plugin_names_the_override_that_chose_it(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["deeprun", "-m", "depth=2", "hparams_search=lr_width", "epochs=3"])
+    e = MissingConfigException("not found", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
+    assert one_line(e) == ("hparams_search=lr_width needs hydra/sweeper=optuna, whose Hydra plugin is not "
+                           "installed; pip install 'deeprun[optuna]'")
 
 
 def test_slurm_launcher_config_composes(cli):
