@@ -166,8 +166,10 @@ def _asked_by(group: str, option: str, args: list[str]) -> Optional[str]:
     for arg in args:
         key, _, value = arg.lstrip("+~").partition("=")
         for name in value.split(","):  # `-m hparams_search=a,b` sweeps over options
+            if not re.fullmatch(r"[\w/-]+", key + name):  # not a group's option: no file to read
+                continue
             path = conf_dir() / key / f"{name}.yaml"
-            if re.fullmatch(r"[\w/-]+", key + name) and path.is_file() and chosen.search(path.read_text()):
+            if path.is_file() and chosen.search(path.read_text()):
                 return f"{key}={name}"
     return None
 

@@ -112,7 +112,8 @@ class Probes:
             # segment lengths of both rows; a segment sum, not index_add_, whose CUDA atomics would
             # add in a different order each run (same seed, other bits)
             self._lengths = torch.tensor(sizes, device=device).expand(2, -1).contiguous()
-            self._pairs = {0: self._buffer[0:2], 2: self._buffer[1:3]}  # W_after's row -> [W_after, diff] rows
+            # W_after's row -> the two adjacent rows squared together: [W_after, diff] or [diff, W_after]
+            self._pairs = {0: self._buffer[0:2], 2: self._buffer[1:3]}
             self.before, self._scratch = [], None
         else:
             self._views = None
@@ -192,9 +193,9 @@ class Probes:
         torch.cat(self._views, out=self._buffer_rows[after])
         torch.sub(self._buffer_rows[after], self._buffer_rows[before], out=self._buffer_rows[1])
         torch.square(self._pairs[after], out=self._squares)
-        norms = torch.segment_reduce(self._squares, "sum", lengths=self._lengths, axis=1).sqrt_().unbind(0)
+        upper, lower = torch.segment_reduce(self._squares, "sum", lengths=self._lengths, axis=1).sqrt_().unbind(0)
         self._at = after
-        return (norms[1], norms[0]) if after == 0 else norms
+        return (lower, upper) if after == 0 else (upper, lower)  # (updates, weights): rows in _pairs' order
 
     # --- activations -------------------------------------------------------------
 
