@@ -104,17 +104,25 @@ def metrics_row(cfg: DictConfig, metric: str | None, epochs: pd.DataFrame, layer
         if e <= cfg.epochs:
             row[f"loss@{e}"] = float(by_epoch.get(e, nan))
     final = layers[layers.epoch == layers.epoch.iloc[-1]] if len(layers) else layers
-    grads = final.grad_norm.tolist()
-    first = grads[0] if grads else nan
-    last_hidden = grads[max(len(grads) - 2, 0)] if grads else nan  # the layer before the output head
+    row.update(gradient_columns(final))
+    # the same at initialisation: a net whose gradients vanished from the start reads "no vanishing"
+    # at the end of a long run, once every layer's gradient has died (seed 001's model D)
+    row.update({f"{k}@init": v for k, v in gradient_columns(layers[layers.epoch == 0]).items()})
     row.update(
-        grad_norm_first=first,
-        grad_norm_last=last_hidden,
-        grad_ratio=first / last_hidden if last_hidden else nan,
         dead_frac_max=float(final.dead_frac.max()) if len(final) else nan,
         saturated_frac_max=float(final.saturated_frac.max()) if len(final) else nan,
     )
     return row
+
+
+def gradient_columns(at: pd.DataFrame) -> dict:
+    """grad_norm_first, grad_norm_last (the layer before the output head) and their ratio, from the
+    layers.csv rows of one epoch."""
+    grads = at.grad_norm.tolist()
+    first = grads[0] if grads else math.nan
+    last_hidden = grads[max(len(grads) - 2, 0)] if grads else math.nan
+    return {"grad_norm_first": first, "grad_norm_last": last_hidden,
+            "grad_ratio": first / last_hidden if last_hidden else math.nan}
 
 
 def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:

@@ -350,6 +350,26 @@ def test_summary_grad_norms_are_the_last_logged_epochs():
     assert s["dead_frac_max"] == pytest.approx(last.dead_frac.max())
 
 
+
+def test_summary_grad_norms_at_init_are_epoch_0s():
+    result = deeprun.run(cpu("depth=3", "epochs=4", "log.every=3"))
+    init = result.layers[result.layers.epoch == 0]
+    s = result.summary
+    assert s["grad_norm_first@init"] == init.grad_norm.iloc[0]
+    assert s["grad_norm_last@init"] == init.grad_norm.iloc[-2]
+    assert s["grad_ratio@init"] == pytest.approx(init.grad_norm.iloc[0] / init.grad_norm.iloc[-2])
+    assert s["grad_norm_first@init"] != s["grad_norm_first"]  # epoch 4's weights moved
+
+
+def test_grad_ratio_at_init_shows_the_vanishing_that_the_last_epoch_hides(one_thread):
+    """Seed 001's model D (sigmoid, U(-0.5, 0.5), SGD) after 1000 epochs: every layer's gradient has
+    vanished, so the last epoch's ratio is near 1; at initialisation it is 1e-5."""
+    cfg = deeprun.compose(["depth=8", "width=8", "act=sigmoid", "init=uniform", "optimizer=sgd", "lr=0.01",
+                           "epochs=1000", "log.every=1000", "log.progress=false", "device=cpu"])
+    s = deeprun.run(cfg).summary
+    assert s["grad_ratio"] > 0.1 and s["grad_norm_last"] < 1e-4, s
+    assert s["grad_ratio@init"] < 1e-3 and s["grad_norm_last@init"] > 0.1, s
+
 # --- records on disk ---------------------------------------------------------------------------------
 
 def test_checkpoints_init_and_final(tmp_path):
