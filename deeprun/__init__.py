@@ -11,9 +11,9 @@ Notebook API, the same code path as the `deeprun` command::
 torch loads on first use of run / build_*, so `deeprun --help` and config errors stay fast.
 """
 
-from .config import ConfigError, compose
+from .config import ConfigError, OutOfMemory, compose
 
-__all__ = ["ConfigError", "compose", "run", "build_data", "build_model", "Result"]
+__all__ = ["ConfigError", "OutOfMemory", "compose", "run", "build_data", "build_model", "Result"]
 __version__ = "0.1.0"
 
 _LAZY = {"run": "api", "Result": "api", "build_data": "data", "build_model": "models"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from . import display
-from .config import validate
+from .config import OutOfMemory, memory_needed, validate, weight_count
 from .data import build_data, resolve_device
 from .models import build_model, count_params, resolve_init
 from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, missed_expectation,
@@ -50,7 +51,7 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
     start = time.perf_counter()
     history = History(metric="")
     row = config_row(cfg, cfg.init.name, cfg.device.name)
-    status, error, model = "running", None, None
+    status, error, model, data = "running", None, None, None
     try:  # from the first write on: a Ctrl-C at any point leaves `interrupted`, never a stale `running`
         if out is not None:
             write_summary(out, {**row, "status": status})
@@ -79,7 +80,10 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         status, error = "interrupted", "KeyboardInterrupt"
         raise
     except Exception as e:
-        status, error = "failed", f"{type(e).__name__}: {e}"
+        oom = _out_of_memory(e, cfg, row, data)
+        status, error = "failed", oom or f"{type(e).__name__}: {e}"
+        if oom:  # too big a model is the user's to fix: one line, exit 2
+            raise OutOfMemory(oom) from None
         raise
     finally:
         epochs = pd.DataFrame(history.epochs, columns=epoch_columns(history.metric or "val_metric"))
@@ -99,6 +103,27 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
                     write_summary(out, {**summary, "status": "failed", "error": f"records not written: {e}"})
                 raise
     return Result(summary, epochs, layers, model, out)
+
+
+def _out_of_memory(e: Exception, cfg: DictConfig, row: dict, data) -> Optional[str]:
+    """For an allocation that failed (CPU or GPU): the model's size and about what it needs; None for others."""
+    oom = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+    if not (isinstance(e, oom) or isinstance(e, RuntimeError) and re.search(
+            r"can't allocate memory|out of memory|not enough memory", str(e), re.IGNORECASE)):
+        return None
+    params = row.get("params")  # the model's own count once built, else the estimate from the config
+    count = f"{params:,} parameters" if params else f"about {weight_count(cfg):,} weights"
+    rows = len(data.x_train) if data is not None else int(cfg.data.get("n") or 0) or cfg.batch_size or 1
+    weights, activations = memory_needed(cfg, params or weight_count(cfg), rows)
+    fix = "a smaller batch_size" if activations > weights else "a smaller depth or width"
+    model, where = cfg.model.get("name") or cfg.model.get("_target_"), f" on {row['device']}" if "device" in row else ""
+    return (f"out of memory{where}: model={model} depth={cfg.depth} width={cfg.width} has {count}; training needs "
+            f"about {_gib(weights + activations)} ({_gib(weights)} for weights, gradients and Adam's two moments, "
+            f"16 bytes each; {_gib(activations)} for activations, batch x width x layers x 16 bytes); try {fix}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 27 else f"{n / 2 ** 20:.0f} MiB"
 
 
 def _checkpoint(out: Optional[Path], cfg: DictConfig, name: str, model: nn.Module) -> None:

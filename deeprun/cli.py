@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -23,8 +22,8 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import sweep
-from .config import ConfigError, conf_dir, field_names, validate
+from . import __version__, hints, sweep
+from .config import ConfigError, OutOfMemory, conf_dir, validate
 
 USAGE_ERROR = 2
 # a path that cannot hold records: the user's to fix (exit 2); anything else (ENOSPC, EIO) exits 1
@@ -45,7 +44,7 @@ def _app(cfg: DictConfig) -> Optional[float]:
 
         result = run(cfg, out_dir=hydra_cfg.runtime.output_dir)
     except ConfigError as e:  # raised here, past Hydra's job runner, it would print a second line
-        _discard_unused(Path(hydra_cfg.runtime.output_dir), mistaken=True)
+        _discard_unused(Path(hydra_cfg.runtime.output_dir), mistaken=not isinstance(e, OutOfMemory))  # OOM: a record
         _usage_error(e)
     if cfg.log.progress:
         from .display import print_summary
@@ -93,10 +92,16 @@ def main() -> None:
     # Let exceptions reach us instead of Hydra's multi-line report, so that a
     # user's mistake becomes one line with exit status 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if "--version" in sys.argv[1:]:  # before Hydra's own, which names only Hydra's
+        print(version())
+        sys.exit(0)
+    flag = hints.flag_override(sys.argv[1:])  # `--epochs 50`: Hydra's argparse would print its usage
+    if flag:
+        _usage_error(ConfigError(flag))
     status = 0
     try:
         _app()
-    except (ConfigError, HydraException, OmegaConfBaseException) as e:
+    except (ConfigError, HydraException, OmegaConfBaseException, sweep.DirTaken) as e:
         _usage_error(e)
     except ValueError as e:  # Hydra's own command-line checks (`--cfg` with `-m`) raise ValueError
         if not _raised_in_hydra(e):
@@ -119,6 +124,18 @@ def main() -> None:
         except OSError as e:
             status = max(status, _os_error(e))
     sys.exit(status)
+
+
+def version() -> str:
+    """`deeprun 0.1.0 (torch 2.5.1, hydra-core 1.3.2)`, read from the installed packages: torch is not imported."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    def of(package: str) -> str:
+        try:
+            return installed(package)
+        except PackageNotFoundError:
+            return "not installed"
+    return f"deeprun {__version__} (torch {of('torch')}, hydra-core {of('hydra-core')})"
 
 
 def _os_error(e: OSError) -> int:
@@ -197,15 +214,14 @@ def one_line(e: BaseException) -> str:
             return f"{who} Hydra plugin is not installed; pip install 'deeprun[{extra}]'"
         options = ", ".join(o for o in (e.options or []))
         return f"{group}={option}: no such option; choose from: {options}"
+    hint = hints.from_error(e, sys.argv[1:])  # unknown keys, `a,b` without -m, `act=relu, tanh`, `~/`
+    if hint:
+        return hint
     if isinstance(e, OverrideParseException):
         return f"cannot parse {e.override!r}: {str(e).strip().splitlines()[0]} (override grammar: key=value)"
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
     key = getattr(cause, "full_key", None)
     message = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
-    if "not in struct" in message or "not in '" in message:
-        schema = getattr(cause, "object_type", None)
-        hint = f"; keys here: {', '.join(field_names(schema))}" if is_dataclass(schema) else ""
-        return f"unknown key {key!r}{hint}"
     if key and not isinstance(e, ConfigError):
         return f"{key}: {message}"
     return message

@@ -26,6 +26,10 @@ class ConfigError(ValueError):
     """A user's mistake in the config: printed as one line, exit status 2."""
 
 
+class OutOfMemory(ConfigError):
+    """Training ran out of memory: the user's to fix (a smaller model or batch), and the run's record stays."""
+
+
 def lookup(table: dict[str, T], name: str, kind: str) -> T:
     """table[name], or an error listing the valid choices."""
     if name not in table:
@@ -340,11 +344,54 @@ MAX_IMAGE_CLASSES = 8  # data=images draws one pattern per class (data.PATTERNS)
 CHECKPOINTS = ("init", "final")
 # Sizes past these are typos or out-of-memory errors in waiting (width=10^12 asks for terabytes):
 MAX_DEPTH = 10_000
-MAX_WEIGHTS = 2 ** 31  # about depth x width^2: 8 GiB of float32
+MAX_WEIGHTS = 2 ** 31  # weights (weight_count): 8 GiB of float32
 MAX_DATA = 2 ** 28  # values in a synthetic data set: 1 GiB of float32
 MAX_THREADS = 1024
 FLOAT32_MAX = 3.4028234663852886e38  # a float (a key, a CSV cell) beyond it overflows once torch takes it
 SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what torch.manual_seed takes
+STAGES = 3  # models.STAGES: cnn, resnet_cnn double the channels at most twice
+WEIGHT_FORMULAS = {"mlp": "inputs x width + (depth - 1) x width^2",
+                   "resnet": "2 x depth x width^2: two Linear layers a block",
+                   "cnn": "3x3 convs, channels doubling per stage",
+                   "resnet_cnn": "two 3x3 convs a block, channels doubling per stage"}
+BYTES_PER_WEIGHT = 4 * 4  # float32 weights, their gradients and Adam's two moments
+ACTIVATION_COPIES = 4  # what autograd keeps per unit and sample for backward: layer output, norm, activation, grad
+
+
+def weight_count(cfg: DictConfig) -> int:
+    """About the model's weights, from the config alone, as models.py builds them: fan_in x fan_out a layer,
+    x 9 a 3x3 conv (a CSV table's columns are not known yet: its input layer counts as a hidden one)."""
+    name, depth, width = cfg.model.get("name"), cfg.depth, cfg.width
+    if name == "mlp":  # the input layer, the hidden ones, the head (one output)
+        image_shape = cfg.data.get("image_shape")
+        inputs = {"regression": 3, "diag_flip": 4, "classification": cfg.data.get("n_features"),
+                  "images": cfg.data.get("channels", 0) * cfg.data.get("image_size", 0) ** 2,
+                  "csv": math.prod(image_shape) if image_shape else None}.get(cfg.data.get("name")) or width
+        sizes = [inputs, *(cfg.model.widths if cfg.model.get("widths") is not None else [width] * depth), 1]
+        return sum(a * b for a, b in zip(sizes, sizes[1:]))
+    if name == "resnet":
+        return 2 * depth * width ** 2
+    if name in IMAGE_MODELS:
+        image_shape = cfg.data.get("image_shape")
+        c_in = cfg.data.get("channels") or (image_shape[0] if image_shape else 1)
+        channels = [width * 2 ** (STAGES * i // depth) for i in range(depth)]  # models.stages: a layer's (block's)
+        if name == "cnn":
+            return 9 * (c_in * width + sum(a * b for a, b in zip(channels, channels[1:])))
+        # the stem, then per block conv1, conv2 and, where the channels change, a 1x1 projection
+        return 9 * c_in * width + sum(9 * a * b + 9 * b * b + (a * b if a != b else 0)
+                                      for a, b in zip([width, *channels], channels))
+    return depth * width ** 2  # a user's model: a check on typos only
+
+
+def memory_needed(cfg: DictConfig, weights: int, rows: int) -> tuple[int, int]:
+    """Bytes training needs, about: (weights x 4 bytes x 4: weights, grads, Adam's two moments; activations:
+    batch x width x layers x 4 bytes x 4, x H x W for the image models; a resnet block has two layers)."""
+    batch = min(cfg.batch_size or rows, rows)
+    image_shape = cfg.data.get("image_shape")
+    pixels = cfg.data.get("image_size", 0) ** 2 or (image_shape[1] * image_shape[2] if image_shape else 1)
+    layers = cfg.depth * (2 if cfg.model.get("name") in ("resnet", "resnet_cnn") else 1)
+    per_unit = pixels if cfg.model.get("name") in IMAGE_MODELS else 1
+    return weights * BYTES_PER_WEIGHT, batch * cfg.width * per_unit * layers * 4 * ACTIVATION_COPIES
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -368,9 +415,12 @@ def validate(cfg: DictConfig) -> None:
     _check_floats(cfg, "")
     _require(1 <= cfg.depth <= MAX_DEPTH, "depth", cfg.depth, f"in [1, {MAX_DEPTH}]")
     _require(cfg.width >= 1, "width", cfg.width, ">= 1")
-    if cfg.depth * cfg.width ** 2 > MAX_WEIGHTS:
-        raise ConfigError(f"depth={cfg.depth}, width={cfg.width}: about {cfg.depth * cfg.width ** 2:.1e} weights "
-                          f"(depth x width^2); at most 2^31, 8 GiB of float32")
+    weights = weight_count(cfg) if OmegaConf.select(cfg, "model.widths") is None else 0  # widths: checked below
+    if weights > MAX_WEIGHTS:
+        formula = WEIGHT_FORMULAS.get(cfg.model.get("name"), "depth x width^2")
+        raise ConfigError(f"depth={cfg.depth}, width={cfg.width}: about {weights:.1e} weights "
+                          f"(model={cfg.model.get('name') or cfg.model.get('_target_')}: {formula}); "
+                          f"at most 2^31, 8 GiB of float32")
     _require(SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1], "seed", cfg.seed, "a 64-bit integer")
     _require(cfg.epochs >= 1, "epochs", cfg.epochs, ">= 1")
     _require(cfg.lr > 0, "lr", cfg.lr, "> 0")
@@ -512,8 +562,22 @@ def _validate_custom(node: DictConfig, group: str) -> None:
 def compose(overrides: Optional[list[str]] = None) -> DictConfig:
     """The config `deeprun <overrides>` would run, for notebooks and tests."""
     from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
+    from . import hints
+
+    if isinstance(overrides, str):  # Hydra would take it one character at a time
+        example = ", ".join(f'"{o}"' for o in overrides.split()) or '"depth=4"'
+        raise ConfigError(f"compose takes a list of overrides, e.g. compose([{example}]); got the string {overrides!r}")
+    overrides = list(overrides or [])
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+        try:
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as e:  # Hydra's advice for an unknown key, `+dept=4`, is wrong
+            hint = hints.from_error(e, overrides)
+            if hint is None:
+                raise
+            raise ConfigError(hint) from e
     validate(cfg)
     return cfg

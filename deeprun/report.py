@@ -7,7 +7,6 @@ Reads records only: no torch, so it starts in about a second. matplotlib loads o
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import math
 import re
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .display import default_columns, fmt, print_results, varying_columns
+from .hints import suggest
 from .records import read_run, results_frame, write_atomic, write_table
 
 USAGE_ERROR = 2  # as `deeprun`: a user's mistake
@@ -182,9 +182,8 @@ def _column(frame: pd.DataFrame, name: str, option: str) -> str:
     """`name` if the table has that column, else an error naming the option and columns it has."""
     if name in frame.columns:
         return name
-    close = difflib.get_close_matches(name, [str(c) for c in frame.columns], n=3)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise ReportError(f"{option}: no column {name!r}; {hint}columns here include "
+    hint = suggest(name, frame.columns)
+    raise ReportError(f"{option}: no column {name!r}; {hint + ' ' if hint else ''}columns here include "
                       f"{', '.join(default_columns(frame))} ({len(frame.columns)} in all)")
 
 

@@ -43,11 +43,26 @@ class JobFailed(BaseException):
     Exception and runs the remaining jobs, lets it end the sweep at once."""
 
 
+class DirTaken(BaseException):
+    """A sweep into a hydra.sweep.dir that holds runs, without resume=true. A BaseException: Hydra turns
+    an Exception raised in a callback into a warning, and would launch the jobs all the same."""
+
+
 class SweepCallback(Callback):
-    """Notes the sweep directory when a multirun starts (main process), for finish()."""
+    """Notes the sweep directory when a multirun starts (main process), for finish(); refuses one that
+    already holds runs unless resume=true (its jobs would mix with theirs in one results.csv)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _started["dir"] = Path(config.hydra.sweep.dir)
+        directory = Path(config.hydra.sweep.dir)
+        if not config.get("resume") and directory.is_dir():
+            from .records import find_runs
+
+            runs = len(find_runs([directory]))
+            if runs:
+                raise DirTaken(f"hydra.sweep.dir={directory} already holds {runs} run{'' if runs == 1 else 's'}; "
+                               f"add resume=true to run only what is not finished there, or choose another "
+                               f"hydra.sweep.dir")
+        _started["dir"] = directory
 
 
 def started_dir() -> Optional[Path]:

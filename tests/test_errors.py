@@ -30,7 +30,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import ConfigKeyError
 
 import deeprun
-from conftest import run_cli
+from conftest import DEEPRUN, run_cli
 from deeprun.cli import one_line
 
 BASE = ["epochs=1", "log.progress=false"]  # cases come after, so they win; a case that wrongly trains stays short
@@ -69,15 +69,45 @@ CASES: dict[str, Case] = {
     "unknown-key": early(["deprh=3"], ["unknown key", "deprh", "depth"]),  # and the keys there are
     "unknown-act": early(["act=foo"], ["act", "foo", "leaky_relu", "tanh"], script=True),
     "unknown-norm": early(["norm=group"], ["norm", "group", "batch", "layer"]),
-    "adam-momentum": early(["optimizer=adam", "optimizer.momentum=0.9"], ["unknown key", "optimizer.momentum"]),
-    "unknown-key-lists-option-keys": early(["optimizer=sgd", "optimizer.betas=[0.9,0.99]"],
-                                           ["unknown key", "optimizer.betas", "momentum", "nesterov"]),
+    "adam-momentum": early(["optimizer=adam", "optimizer.momentum=0.9"],
+                           ["unknown key 'optimizer.momentum'; momentum is a key of optimizer=sgd, rmsprop (not adam): "
+                            "optimizer=sgd optimizer.momentum=0.9"]),
+    "sgd-betas": early(["optimizer=sgd", "optimizer.betas=[0.9,0.99]"],
+                       ["betas is a key of optimizer=adam, adamw (not sgd): "
+                        "optimizer=adam optimizer.betas=[0.9,0.99]"]),
+    "unknown-key-lists-option-keys": early(["optimizer=sgd", "optimizer.foo=1"],
+                                           ["unknown key 'optimizer.foo'; keys here: momentum, name, nesterov, "
+                                            "weight_decay"]),
+    # did you mean: the key as a group's field, a top-level key, or a close spelling, with the value typed
+    "group-key-at-top-level": early(["optimizer=sgd", "momentum=0.9"],
+                                    ["unknown key 'momentum'; did you mean optimizer.momentum=0.9?"], script=True),
+    "top-level-key-in-a-group": early(["optimizer.lr=0.1"],
+                                      ["unknown key 'optimizer.lr'; lr is a top-level key: lr=0.1"]),
+    "misspelt-key": early(["epoch=50"], ["unknown key 'epoch'; did you mean epochs=50? keys here: "]),
+    "misspelt-group-key": early(["log.progres=false"], ["did you mean log.progress=false?"]),
+    # command-line grammar: flags, commas, spaces, ~
+    "flag-instead-of-override": early(["--epochs", "50"], ["--epochs 50: deeprun takes key=value overrides: epochs=50"],
+                                      script=True),
+    "flag-with-equals": early(["--batch-size=8"], ["--batch-size=8: deeprun takes key=value overrides: batch_size=8"]),
+    "comma-list-without-brackets": early(["data.features=area,rooms"],
+                                         ["data.features=area,rooms: a list needs brackets: data.features=[area,rooms] "
+                                          "(to sweep over the values instead, add -m)"], script=True),
+    "sweep-without-m": early(["depth=2,8"], ["depth=2,8: comma-separated values are a sweep, which needs -m: "
+                                             "deeprun -m depth=2,8"]),
+    "space-after-comma": early(["-m", "act=relu,", "tanh"], ["'act=relu,' and 'tanh' are two overrides: remove the "
+                                                             "space: act=relu,tanh"], script=True),
+    "tilde-in-path": early(["data=csv", "data.path=~/houses.csv", "data.target=price"],
+                           ["data.path=~/houses.csv: the shell does not expand ~ after =, and ~ is Hydra grammar; "
+                            "write data.path=$HOME/houses.csv"], script=True),
     "step-size-not-int": early(["scheduler=step", "scheduler.step_size=abc"], ["scheduler.step_size", "abc"]),
     "parse-error": early(["depth=[1"], ["depth=[1", "parse"], script=True),
     # ranges and rules: deeprun's validate()
     "depth-0": early(["depth=0"], ["depth", "in [1, 10000]"], script=True),
     "depth-huge": early(["depth=1000000"], ["depth=1000000", "in [1, 10000]"]),
     "width-huge": early(["width=1000000000"], ["depth=3, width=1000000000", "weights", "at most 2^31"]),
+    "resnet-counts-both-layers": early(["model=resnet", "depth=10000", "width=400"],  # 1.6e9 by depth x width^2
+                                       ["depth=10000, width=400: about 3.2e+09 weights (model=resnet: 2 x depth x "
+                                        "width^2: two linear layers a block); at most 2^31"]),
     "lr-inf": early(["lr=inf"], ["lr=inf", "finite", "float32"]),
     "init-a-huge": early(["init=uniform", "init.a=1e300"], ["init.a=1e+300", "float32"]),
     "seed-huge": early(["seed=100000000000000000000"], ["seed=100000000000000000000", "64-bit"]),
@@ -174,6 +204,12 @@ print(json.dumps(results))
 """
 
 
+def argv(case_id: str) -> list[str]:
+    """BASE, then the case's overrides; -m first, as a user types it (argparse takes no overrides before it)."""
+    args = CASES[case_id].args
+    return ["-m", *BASE, *(a for a in args if a != "-m")] if "-m" in args else [*BASE, *args]
+
+
 @dataclass
 class Outcome:
     returncode: int
@@ -196,11 +232,11 @@ def results(request, tmp_path_factory) -> dict[str, Outcome]:
         return d
 
     def script(case_id: str) -> dict[str, Outcome]:
-        p = run_cli(*BASE, *CASES[case_id].args, cwd=workdir(case_id), env={"OMP_NUM_THREADS": "1"})
+        p = run_cli(*argv(case_id), cwd=workdir(case_id), env={"OMP_NUM_THREADS": "1"})
         return {case_id: Outcome(p.returncode, p.stdout, p.stderr)}
 
     def batch(case_ids: list[str]) -> dict[str, Outcome]:
-        cases = [{"id": c, "args": [*BASE, *CASES[c].args], "cwd": str(workdir(c))} for c in case_ids]
+        cases = [{"id": c, "args": argv(c), "cwd": str(workdir(c))} for c in case_ids]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop("HYDRA_FULL_ERROR", None)
         p = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(cases), capture_output=True, text=True,
@@ -274,3 +310,131 @@ def test_one_line_config_error_is_its_message():
 def test_one_line_keeps_first_line_only():
     assert one_line(HydraException("first line\nsecond line")) == "first line"
     assert "\n" not in one_line(ConfigKeyError("a\nb"))
+
+
+# --- did you mean: one helper for deeprun and deeprun-report --------------------------------------
+
+
+def test_suggest_names_only_the_near_best_spellings():
+    from deeprun.hints import suggest
+
+    assert suggest("epoch", ["epochs", "depth", "expect"]) == "did you mean epochs?"
+    assert suggest("zzz", ["epochs", "depth"]) == ""
+
+
+def test_report_column_hint_is_the_shared_one():
+    import pandas as pd
+
+    from deeprun.report import ReportError, _column
+
+    with pytest.raises(ReportError, match=r"--filter: no column 'dept'; did you mean depth\? columns here include"):
+        _column(pd.DataFrame({"depth": [2], "act": ["relu"], "final_train_loss": [0.1]}), "dept", "--filter")
+
+
+def test_compose_unknown_key_says_what_to_type_not_plus():
+    with pytest.raises(deeprun.ConfigError) as info:
+        deeprun.compose(["dept=4"])
+    assert str(info.value).startswith("unknown key 'dept'; did you mean depth=4? keys here: act, batch_size, ")
+    assert "+dept" not in str(info.value)
+    assert one_line(info.value) == str(info.value)
+
+
+@pytest.mark.parametrize("overrides, example", [("depth=4", '["depth=4"]'),
+                                               ("depth=4 width=8", '["depth=4", "width=8"]')])
+def test_compose_takes_a_list_not_a_string(overrides, example):
+    with pytest.raises(deeprun.ConfigError) as info:
+        deeprun.compose(overrides)
+    assert str(info.value) == (f"compose takes a list of overrides, e.g. compose({example}); "
+                               f"got the string {overrides!r}")
+
+
+def test_compose_explains_a_split_override():
+    with pytest.raises(deeprun.ConfigError, match=r"^'act=relu,' and 'tanh' are two overrides: remove the space: "
+                                                  r"act=relu,tanh$"):
+        deeprun.compose(["act=relu,", "tanh"])
+
+
+def test_version_names_deeprun_torch_and_hydra(cli):
+    from importlib.metadata import version
+
+    p = cli("--version")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert p.stdout == f"deeprun {deeprun.__version__} (torch {version('torch')}, hydra-core {version('hydra-core')})\n"
+
+
+# --- the size check and out of memory ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides", [["depth=4", "width=64"], ["data=classification", "depth=2", "width=16"],
+                                       ["model.widths=[64,128,32]"], ["model=resnet", "depth=4", "width=64"],
+                                       ["model=cnn", "data=images", "depth=10", "width=32", "data.channels=3"],
+                                       ["model=resnet_cnn", "data=images", "depth=6", "width=16"]])
+def test_weight_estimate_counts_every_weight_layer(overrides, one_thread):
+    from deeprun.config import weight_count
+    from deeprun.models import count_params
+
+    cfg = deeprun.compose([*overrides, "data.n=16"])
+    params = count_params(deeprun.build_model(cfg, deeprun.build_data(cfg)))
+    assert 0.9 <= params / weight_count(cfg) <= 1.1  # biases and norms are the rest
+
+
+OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 7200000000 bytes"
+
+
+def _raise(error: BaseException):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+def test_out_of_memory_is_a_recorded_one_line_error(tmp_path, monkeypatch):
+    import deeprun.api as api
+
+    monkeypatch.setattr(api, "build_model", _raise(RuntimeError(OOM)))  # before the model exists: the estimate
+    cfg = deeprun.compose(["model=resnet", "depth=100", "width=3000", "epochs=1", "log.progress=false"])
+    with pytest.raises(deeprun.OutOfMemory) as info:
+        deeprun.run(cfg, out_dir=tmp_path)
+    assert str(info.value) == ("out of memory on cpu: model=resnet depth=100 width=3000 has about 1,800,000,000 "
+                               "weights; training needs about 29.7 GiB (26.8 GiB for weights, gradients and Adam's "
+                               "two moments, 16 bytes each; 2.9 GiB for activations, batch x width x layers x 16 "
+                               "bytes); try a smaller depth or width")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == str(info.value)
+
+
+def test_out_of_memory_in_training_counts_the_built_model(tmp_path, monkeypatch, capsys):
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    import deeprun.api as api
+    import deeprun.cli as cli
+
+    monkeypatch.setattr(api, "train", _raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")))
+    monkeypatch.setattr(sys, "argv", ["deeprun", "depth=2", "width=8", "data.n=16", "log.progress=false",
+                                      "hydra.run.dir=run"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    line = capsys.readouterr().err
+    assert info.value.code == 2
+    assert line.startswith("deeprun: error: out of memory on cpu: model=mlp depth=2 width=8 has 113 parameters; "
+                           "training needs about 0 MiB") and line.count("\n") == 1, line
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # the record stays
+    assert summary["status"] == "failed" and summary["error"] == line.removeprefix("deeprun: error: ").strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ulimit -v caps the address space on Linux")
+def test_out_of_memory_through_the_real_cli(tmp_path):
+    """A 1.8e9-weight resnet under a 1.5 GB address space: allocation fails while the model is built."""
+    p = subprocess.run(["bash", "-c", f"ulimit -v 1500000; exec '{DEEPRUN}' model=resnet depth=100 width=3000 "
+                                      "epochs=1 log.progress=false hydra.run.dir=run"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    if p.returncode != 2 and "out of memory" not in p.stderr:
+        pytest.skip(f"this torch does not start in 1.5 GB of address space: {p.stderr[-300:]}")
+    assert p.returncode == 2 and p.stderr.startswith("deeprun: error: out of memory on cpu: model=resnet depth=100 "
+                                                     "width=3000 has about 1,800,000,000 weights; training needs "
+                                                     "about 29.7 GiB") and p.stderr.count("\n") == 1, p.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"

@@ -410,3 +410,34 @@ def test_a_config_key_only_later_jobs_have_still_comes_before_status(tmp_path):
     expected = ["model", "depth", "model.residual_scale", "status", "final_train_loss", "overrides", "run"]
     assert list(pd.read_csv(tmp_path / "results.csv").columns) == expected  # row by row, as jobs finish
     assert list(results_frame([tmp_path]).columns) == expected  # the whole table, as the sweep ends
+
+
+def test_a_sweep_into_a_dir_with_runs_needs_resume(tmp_path):
+    """Refused before any job runs (and before Hydra rewrites multirun.yaml): the old sweep stays as it was."""
+    old = tmp_path / "S" / "0_depth=1"
+    old.mkdir(parents=True)
+    (old / "summary.json").write_text(json.dumps({"status": "completed", "depth": 1}))
+    (tmp_path / "S" / "multirun.yaml").write_text("old: sweep\n")
+    before = {p: p.read_bytes() for p in (tmp_path / "S").rglob("*") if p.is_file()}
+    p = run_cli("-m", *TINY, "depth=1,2", "hydra.sweep.dir=S", cwd=tmp_path)
+    assert p.returncode == 2, output(p)
+    assert p.stderr == ("deeprun: error: hydra.sweep.dir=S already holds 1 run; add resume=true to run only what is "
+                        "not finished there, or choose another hydra.sweep.dir\n"), output(p)
+    assert {p: p.read_bytes() for p in (tmp_path / "S").rglob("*") if p.is_file()} == before
+
+
+def test_the_sweep_callback_refuses_a_dir_with_runs_unless_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "_started", {})
+    for i in range(2):
+        (tmp_path / f"{i}_job").mkdir()
+        (tmp_path / f"{i}_job" / "summary.json").write_text("{}")
+    config = OmegaConf.create({"resume": False, "hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with pytest.raises(sweep.DirTaken, match=r"already holds 2 runs; add resume=true"):
+        sweep.SweepCallback().on_multirun_start(config)
+    assert sweep.started_dir() is None  # so that finish() leaves the old results.csv alone
+    config.resume = True
+    sweep.SweepCallback().on_multirun_start(config)
+    assert sweep.started_dir() == tmp_path
+    config.resume, config.hydra.sweep.dir = False, str(tmp_path / "new")  # the default dir's timestamp: new each time
+    sweep.SweepCallback().on_multirun_start(config)
+    assert sweep.started_dir() == tmp_path / "new"
