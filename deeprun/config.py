@@ -485,7 +485,10 @@ def _check_keys(node: DictConfig, path: str) -> None:
     if is_dataclass(cls) and "_target_" not in node.keys():
         extra = [k for k in node.keys() if k not in {f.name for f in fields(cls)}]
         if extra:
-            raise ConfigError(f"unknown key {path + str(extra[0])!r}; keys here: {', '.join(field_names(cls))}")
+            from .hints import unknown_key  # hints reads this module's schema
+
+            value = node._get_node(extra[0])._value()
+            raise ConfigError(unknown_key(path + str(extra[0]), _show(value).strip("'"), node._get_root(), cls))
     for key in node.keys():
         if isinstance(node._get_node(key), DictConfig):
             _check_keys(node[key], f"{path}{key}.")
