@@ -65,7 +65,8 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
         data = build_data(cfg, device)
         history.metric = data.metric
         model = build_model(cfg, data)
-        row.update(task=data.task, params=count_params(model), rows_dropped=data.rows_dropped)  # data.missing=drop
+        row.update(task=data.task, n_classes=data.n_classes, loss_units=data.loss_units, params=count_params(model),
+                   rows_dropped=data.rows_dropped)  # data.missing=drop
         _checkpoint(out, cfg, "init", model)
         show = cfg.log.progress if progress is None else progress
         with display.epoch_progress(cfg.epochs, enabled=show) as show_row:

@@ -190,6 +190,7 @@ class DataConfig:
     val_fraction: float = 0.2
     seed: int = 0  # the data set and its split; the top-level seed drives init and shuffling
     max_rows: Optional[int] = None  # use a seeded sample of at most this many rows; debug=smoke sets 64
+    scale_target: bool = False  # standardise regression targets with the train split's mean and std (csv, real sets)
 
 
 @dataclass
@@ -239,6 +240,33 @@ class CSVDataConfig(DataConfig):
     decimal: str = "point"  # point | comma: 1.5 or 1,5
     missing: str = "error"  # error | drop: rows with an empty, NaN or infinite cell in a used column
     categorical: str = "error"  # error | onehot: text feature columns
+    scale_target: bool = True
+
+
+@dataclass
+class DigitsDataConfig(DataConfig):  # scikit-learn's real sets (the `sklearn` extra): no keys of their own
+    name: str = "digits"
+
+
+@dataclass
+class BreastCancerDataConfig(DataConfig):
+    name: str = "breast_cancer"
+
+
+@dataclass
+class WineDataConfig(DataConfig):
+    name: str = "wine"
+
+
+@dataclass
+class IrisDataConfig(DataConfig):
+    name: str = "iris"
+
+
+@dataclass
+class DiabetesDataConfig(DataConfig):
+    name: str = "diabetes"
+    scale_target: bool = True
 
 
 # --- top level ----------------------------------------------------------------
@@ -257,7 +285,7 @@ class SaveConfig:
 
 
 # Results columns a run can be held to: expect.<column>_below=<x> / expect.<column>_above=<x>
-EXPECT_COLUMNS = ("final_train_loss", "final_val_loss", "best_val_loss", "val_r2", "val_accuracy",
+EXPECT_COLUMNS = ("final_train_loss", "final_val_loss", "best_val_loss", "val_r2", "val_rmse", "val_accuracy",
                   "grad_norm_first", "grad_norm_last", "grad_ratio", "dead_frac_max", "saturated_frac_max", "seconds")
 ExpectConfig = make_dataclass("ExpectConfig", [(f"{c}_{side}", Optional[float], None)
                                                for c in EXPECT_COLUMNS for side in ("below", "above")])
@@ -300,7 +328,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig, "rmsprop": RMSpropConfig},
     "scheduler": {"step": StepSchedulerConfig, "cosine": CosineSchedulerConfig, "plateau": PlateauSchedulerConfig},
     "data": {"regression": RegressionDataConfig, "diag_flip": DiagFlipDataConfig,
-             "classification": ClassificationDataConfig, "images": ImagesDataConfig, "csv": CSVDataConfig},
+             "classification": ClassificationDataConfig, "images": ImagesDataConfig, "csv": CSVDataConfig,
+             "digits": DigitsDataConfig, "breast_cancer": BreastCancerDataConfig, "wine": WineDataConfig,
+             "iris": IrisDataConfig, "diabetes": DiabetesDataConfig},
 }
 
 
@@ -340,6 +370,7 @@ CSV_CHOICES = {
     "categorical": ("error", "onehot"),
 }
 IMAGE_MODELS = ("cnn", "resnet_cnn")  # they take (N, C, H, W) input
+IMAGE_DATA = ("images", "digits")  # data options that give (N, C, H, W) images
 MAX_IMAGE_CLASSES = 8  # data=images draws one pattern per class (data.PATTERNS)
 CHECKPOINTS = ("init", "final")
 # Sizes past these are typos or out-of-memory errors in waiting (width=10^12 asks for terabytes):
@@ -443,7 +474,7 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "model.residual_scale") == "fixup" and cfg.norm.name != "none":
         # zero-initialised branch ends followed by a norm: 0 / sqrt(0 + eps) multiplies their gradient by ~300
         raise ConfigError(f"model.residual_scale='fixup': for norm-free residual nets; add norm=none (norm={cfg.norm.name} now)")
-    images = cfg.data.get("name") == "images" or cfg.data.get("name") == "csv" and cfg.data.image_shape is not None
+    images = cfg.data.get("name") in IMAGE_DATA or cfg.data.get("name") == "csv" and cfg.data.image_shape is not None
     if cfg.model.get("name") in IMAGE_MODELS and not images:
         raise ConfigError(f"model={cfg.model.name} needs images (N, C, H, W) but data={cfg.data.get('name')} is a table; "
                           f"use data=images, or data=csv with data.image_shape=[C,H,W]")
@@ -513,6 +544,11 @@ def _validate_data(data: DictConfig) -> None:
     _require(0 <= data.get("val_fraction", 0.0) < 1, "data.val_fraction", data.get("val_fraction"), "in [0, 1)")
     if data.get("max_rows") is not None:
         _require(data.max_rows >= 2, "data.max_rows", data.max_rows, ">= 2 or null (all rows)")
+    if "scale_target" in data:  # a custom node has no schema to check its type
+        _require(isinstance(data.scale_target, bool), "data.scale_target", data.scale_target, "true or false")
+    if "max_classes" in data:
+        _require(isinstance(data.max_classes, int) and data.max_classes >= 2, "data.max_classes",
+                 data.max_classes, "an int >= 2")
     for key in ("n", "n_features"):
         if key in data:
             _require(data[key] >= 1, f"data.{key}", data[key], ">= 1")

@@ -1,8 +1,9 @@
 """Data sets -> train/validation tensors on the device, split by a seeded permutation.
 
 Synthetic sets (seed 001's regression, seed 004's diagonal flip, Gaussian-cluster
-classes, pattern images), the user's CSV table (rows as images with data.image_shape),
-or the user's own `_target_` returning (x, y).
+classes, pattern images), scikit-learn's small real sets (digits, breast_cancer, wine, iris,
+diabetes), the user's CSV table (rows as images with data.image_shape), or the user's own
+`_target_` returning (x, y).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import csv
 import inspect
 import itertools
 import math
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,6 +39,21 @@ class Data:
     n_out: int
     classes: list | None = None  # class labels in code order (classification)
     rows_dropped: int = 0  # CSV rows that data.missing=drop left out
+    # data.scale_target: the regression targets' train-split (mean, std) per column, which y_* are
+    # standardised by; None when y_* are in the target's own units
+    y_scale: tuple[list[float], list[float]] | None = None
+
+    @property
+    def n_classes(self) -> int | None:
+        """The number of classes; None for regression."""
+        return None if self.classes is None else len(self.classes)
+
+    @property
+    def loss_units(self) -> str | None:
+        """What the regression losses are measured in: `standardised` or `target` (None: classification)."""
+        if self.task != "regression":
+            return None
+        return "standardised" if self.y_scale is not None else "target"
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -176,7 +194,7 @@ def read_csv(cfg: DictConfig) -> Table:
     """The user's CSV file as features and targets, or a ConfigError naming what is wrong."""
     path = Path(cfg.path)
     where = f"data.path={str(path)!r}"
-    table = _read_table(path, cfg.delimiter, cfg.decimal, where)
+    table, sep = _read_table(path, cfg.delimiter, cfg.decimal, where)
     # data.target=2020 reaches us as an int; the header's names are strings
     targets = [str(t) for t in ([cfg.target] if isinstance(cfg.target, (str, int)) else cfg.target)]
     listed = [str(c) for c in cfg.features or []]
@@ -197,20 +215,55 @@ def read_csv(cfg: DictConfig) -> Table:
                           f"use it as a feature, or list the features with data.features=[...]")
     if not features:
         raise ConfigError(f"{where}: no feature columns left besides the target {targets}")
+    table = table[features + targets]
+    if cfg.decimal == "point" and sep != ",":
+        table = read_decimal_commas(table, where)
     # Only the columns in use count: an empty cell in a column left out is no reason to stop.
-    table, dropped = drop_missing(table[features + targets], cfg.missing, where)
+    # Every problem found is reported at once: fixing one should not merely uncover the next.
+    table, dropped, problems = drop_missing(table, cfg.missing, where)
     if len(table) < 2:
         after = f" left after data.missing=drop dropped {dropped}" if dropped else ""
         raise ConfigError(f"{where}: {len(table)} data row(s){after}; at least 2 are needed")
-    x, onehot = encode_features(table[features], cfg.categorical, path.name)
+    x, onehot, text = encode_features(table[features], cfg.categorical, path.name)
+    problems += text
+    if problems:
+        raise ConfigError("; ".join(problems))
     if cfg.image_shape is not None and math.prod(cfg.image_shape) != x.shape[1]:
         raise ConfigError(f"data.image_shape={list(cfg.image_shape)}: {math.prod(cfg.image_shape)} pixels (C*H*W), "
                           f"but {path.name} has {x.shape[1]} feature columns")
     return Table(x, table[targets], onehot, dropped)
 
 
-def _read_table(path: Path, delimiter: str, decimal: str, where: str) -> pd.DataFrame:
-    """The whole file as pandas reads it, once the delimiter is known and the header's names are unique."""
+DECIMAL_COMMA = re.compile(r"[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?")  # 3,014  -0,5  ,5  1,5e3: one comma, no point
+INTEGER = re.compile(r"[+-]?\d+")
+
+
+def read_decimal_commas(table: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Text columns whose every cell is a number written with a decimal comma (a file saved with
+    data.decimal left at point, in a language that writes 3,014) as numbers, with a one-line note on
+    stderr: one-hot encoding them, or taking such a target's values as classes, would train on garbage.
+    A cell with a point besides (1.234,5: thousands?) leaves its column text, for the error to name."""
+    read, example = [], ""
+    for c in table.columns:
+        if pd.api.types.is_numeric_dtype(table[c]):
+            continue
+        cells = table[c].dropna().astype(str).str.strip()
+        cells = cells[cells != ""]
+        commas = cells.str.fullmatch(DECIMAL_COMMA.pattern)
+        if len(cells) and commas.any() and (commas | cells.str.fullmatch(INTEGER.pattern)).all():
+            table = table.assign(**{c: pd.to_numeric(table[c].astype(str).str.replace(",", ".", regex=False)
+                                                     .where(table[c].notna()), errors="coerce")})
+            read.append(c)
+            example = example or cells[commas].iloc[0]
+    if read:
+        print(f"deeprun: {where}: read {len(read)} column(s) with decimal commas ({_first(map(repr, read), 3)}; "
+              f"e.g. {example} as {example.replace(',', '.')}); set data.decimal=comma to say so", file=sys.stderr)
+    return table
+
+
+def _read_table(path: Path, delimiter: str, decimal: str, where: str) -> tuple[pd.DataFrame, str]:
+    """(the whole file as pandas reads it, the delimiter), once the delimiter is known and the header's
+    names are unique."""
     try:
         sep, header = _peek(path, delimiter, decimal)
         if not header:  # 0 bytes, or blank lines only
@@ -225,7 +278,7 @@ def _read_table(path: Path, delimiter: str, decimal: str, where: str) -> pd.Data
         # low_memory=False: pandas types each column on the whole file, not chunk by chunk, so a big file
         # with a stray text cell gives no DtypeWarning, whose lines would break the one-line error.
         return pd.read_csv(path, sep=sep, decimal=DECIMALS[decimal], encoding="utf-8-sig", skipinitialspace=True,
-                           low_memory=False)
+                           low_memory=False), sep
     except pd.errors.EmptyDataError:
         raise ConfigError(f"{where}: the file is empty") from None
     except UnicodeDecodeError as e:
@@ -284,19 +337,19 @@ def bad_cells(frame: pd.DataFrame) -> np.ndarray:
     return bad
 
 
-def drop_missing(table: pd.DataFrame, rule: str, where: str) -> tuple[pd.DataFrame, int]:
+def drop_missing(table: pd.DataFrame, rule: str, where: str) -> tuple[pd.DataFrame, int, list[str]]:
     """data.missing: `error` names the rows and columns with a missing or non-finite cell; `drop`
-    leaves those rows out. Returns (the rows kept, how many were dropped)."""
+    leaves those rows out. Returns (the rows kept, how many were dropped, the problem as [text] or [])."""
     bad = bad_cells(table)
     rows = bad.any(axis=1)
     if not rows.any():
-        return table, 0
+        return table, 0, []
     if rule == "drop":
-        return table[~rows], int(rows.sum())
+        return table[~rows], int(rows.sum()), []
     columns = [str(c) for c, b in zip(table.columns, bad.any(axis=0)) if b]
-    raise ConfigError(f"{where}: missing or non-finite values (empty, nan, inf, beyond float32) in "
+    return table, 0, [f"{where}: missing or non-finite values (empty, nan, inf, beyond float32) in "
                       f"{rows.sum()} data row(s): {_first(np.flatnonzero(rows) + 1)} (1-based, after the header), "
-                      f"column(s): {_first(columns)}; data.missing=drop leaves such rows out")
+                      f"column(s): {_first(columns)}; data.missing=drop leaves such rows out"]
 
 
 def _first(items, n: int = 5) -> str:
@@ -304,22 +357,25 @@ def _first(items, n: int = 5) -> str:
     return ", ".join(map(str, items[:n])) + (" ..." if len(items) > n else "")
 
 
-def encode_features(x: pd.DataFrame, rule: str, name: str) -> tuple[pd.DataFrame, list]:
+def encode_features(x: pd.DataFrame, rule: str, name: str) -> tuple[pd.DataFrame, list, list[str]]:
     """data.categorical: `error` names the text columns; `onehot` puts one 0/1 column per value
     (`city=Oslo`, values sorted, learned on every row kept) where each text column was.
-    Returns (numeric features, the one-hot columns' names)."""
+    Returns (numeric features, the one-hot columns' names, the problem as [text] or [])."""
     text = [c for c in x.columns if not pd.api.types.is_numeric_dtype(x[c])]
     if not text:
-        return x, []
+        return x, [], []
     if rule == "error":
         value = _not_a_number(x[text[0]])
         if len(text) == 1:
             what, example = f"column {text[0]!r} of {name} is", f"e.g. {value!r}"
         else:
             what, example = f"columns {_first(map(repr, text))} of {name} are", f"e.g. {value!r} in {text[0]!r}"
-        hint = " (a decimal comma? data.decimal=comma reads 1,5)" if value.replace(",", "", 1).isdigit() else ""
-        raise ConfigError(f"data.features: {what} not numeric ({example}){hint}; one-hot encode with "
-                          f"data.categorical=onehot, or list numeric columns with data.features=[...]")
+        if DECIMAL_COMMA.fullmatch(value.strip()):  # a number after all: one-hot would make each value a column
+            return x, [], [f"data.features: {what} not numeric ({example}): a decimal comma? set data.decimal=comma "
+                           f"(and data.delimiter to the one between fields), or list numeric columns with "
+                           f"data.features=[...]"]
+        return x, [], [f"data.features: {what} not numeric ({example}); one-hot encode with "
+                       f"data.categorical=onehot, or list numeric columns with data.features=[...]"]
     wide = [c for c in text if x[c].nunique() > MAX_CATEGORIES]
     if wide:
         raise ConfigError(f"data.categorical=onehot: column {wide[0]!r} of {name} has {x[wide[0]].nunique()} distinct "
@@ -332,7 +388,7 @@ def encode_features(x: pd.DataFrame, rule: str, name: str) -> tuple[pd.DataFrame
             onehot += list(part.columns)
         else:
             parts.append(x[[c]])
-    return pd.concat(parts, axis=1), onehot
+    return pd.concat(parts, axis=1), onehot, []
 
 
 def _not_a_number(column: pd.Series) -> str:
@@ -343,13 +399,20 @@ def _not_a_number(column: pd.Series) -> str:
     return odd.iloc[0] if len(odd) else (values.iloc[0] if len(values) else "?")
 
 
+MIN_ROWS_PER_CLASS = 3  # data.task=auto: fewer rows per class on average is numbers read as labels, not classes
+
+
 def detect_task(table: Table, task: str, max_classes: int) -> str:
-    """regression | binary | multiclass, from data.task or from the target's values."""
+    """regression | binary | multiclass, from data.task or from the target's values. A classification
+    with more than max_classes classes (or, found by auto, under MIN_ROWS_PER_CLASS rows per class) is an error."""
     y = table.y
-    if task == "auto":
+    auto = task == "auto"
+    if auto:
         col = y.iloc[:, 0]
         categorical = not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)
-        few_ints = pd.api.types.is_integer_dtype(col) and col.nunique() <= max_classes
+        # integers are labels when few, and each has rows enough; else they are numbers (a price, a count)
+        n = col.nunique()
+        few_ints = pd.api.types.is_integer_dtype(col) and n <= max_classes and len(col) >= MIN_ROWS_PER_CLASS * n
         task = "classification" if y.shape[1] == 1 and (categorical or few_ints) else "regression"
     if task == "regression":
         bad = [c for c in y.columns if not pd.api.types.is_numeric_dtype(y[c])]
@@ -364,6 +427,13 @@ def detect_task(table: Table, task: str, max_classes: int) -> str:
         value = y.iloc[0, 0]
         value = value.item() if isinstance(value, np.generic) else value  # 7, not np.int64(7)
         raise ConfigError(f"{table.target_key()}: one class only ({value!r}); classification needs two or more")
+    few_rows = auto and n > 2 and len(y) < MIN_ROWS_PER_CLASS * n  # text labels nearly one per row: not classes
+    if n > max_classes or few_rows:
+        why = (f"more than data.max_classes={max_classes}" if n > max_classes
+               else f"{len(y) / n:.1f} rows per class on average")
+        raise ConfigError(f"{table.target_key()}: column {str(y.columns[0])!r} has {n} distinct values to take as "
+                          f"classes ({why}); set data.task=regression if they are numbers, or "
+                          f"data.task=classification data.max_classes={n} to train {n} classes")
     return "binary" if n == 2 else "multiclass"
 
 
@@ -405,7 +475,35 @@ def user_data(cfg: DictConfig) -> Table:
 
 
 # not passed to _target_ (max_rows: debug=smoke sets it on every data node)
-_DEEPRUN_KEYS = ("name", "_target_", "task", "max_classes", "val_fraction", "seed", "max_rows")
+_DEEPRUN_KEYS = ("name", "_target_", "task", "max_classes", "val_fraction", "seed", "max_rows", "scale_target")
+
+
+# --- scikit-learn's real sets, shipped inside its wheel (no download) ----------------
+
+# data option -> (sklearn.datasets loader, task, image shape or None)
+REAL = {
+    "digits": ("load_digits", "multiclass", (1, 8, 8)),
+    "breast_cancer": ("load_breast_cancer", "binary", None),
+    "wine": ("load_wine", "multiclass", None),
+    "iris": ("load_iris", "multiclass", None),
+    "diabetes": ("load_diabetes", "regression", None),
+}
+
+
+def real_data(name: str) -> tuple[torch.Tensor, torch.Tensor, str, list | None]:
+    """(x (N, n_in), y, task, classes) of scikit-learn's data set `name`; y as build_data's synthetic sets give it."""
+    loader, task, _ = REAL[name]
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise ConfigError(f"data={name} needs scikit-learn: pip install 'deeprun[sklearn]'") from None
+    x, y = getattr(datasets, loader)(return_X_y=True)
+    x = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    if task == "regression":
+        return x, torch.from_numpy(np.asarray(y, dtype=np.float32))[:, None], task, None
+    codes, classes = pd.factorize(y, sort=True)
+    codes = torch.as_tensor(codes, dtype=torch.long)
+    return x, (codes.float()[:, None] if task == "binary" else codes), task, [c.item() for c in classes]
 
 
 # --- the builder ----------------------------------------------------------------
@@ -442,6 +540,8 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
         task = detect_task(table, node.task, node.max_classes)
         y, classes = encode_target(table.y, task)
         x = torch.from_numpy(table.x.to_numpy(dtype=np.float32, copy=True))
+    elif node.name in REAL:
+        x, y, task, classes = real_data(node.name)
     else:
         make = lookup(SYNTHETIC, node.name, "data set")
         x, y = make(node, torch.Generator().manual_seed(node.seed))
@@ -458,17 +558,24 @@ def build_data(cfg: DictConfig, device: torch.device | str | None = None) -> Dat
         label = classes[int(y[train][0])]
         raise ConfigError(f"{table.target_key()}: the training split holds one class only ({label!r}; "
                           f"the others fell in the validation split); add rows, or try another data.seed")
-    if node.name == "csv":  # standardise with the training split's statistics only
-        if node.image_shape is not None:  # one mean and std over all pixels: a blank border pixel has no std
+    if node.name == "csv" or node.name in REAL:  # standardise with the training split's statistics only
+        image_shape = node.image_shape if node.name == "csv" else REAL[node.name][2]
+        if image_shape is not None:  # one mean and std over all pixels: a blank border pixel has no std
             mean, std = x[train].mean(), x[train].std()
-            x = ((x - mean) / (std if std > 0 else 1)).view(len(x), *node.image_shape)
+            x = ((x - mean) / (std if std > 0 else 1)).view(len(x), *image_shape)
         else:
             mean, std = x[train].mean(0), x[train].std(0)
             std = torch.where(std > 0, std, torch.ones_like(std))  # a constant column becomes 0, not 0/0
-            onehot = torch.tensor([c in table.onehot for c in table.x.columns])
-            mean[onehot], std[onehot] = 0.0, 1.0  # one-hot columns stay 0/1: a rare value would grow to ~sqrt(N)
+            if table is not None:
+                onehot = torch.tensor([c in table.onehot for c in table.x.columns])
+                mean[onehot], std[onehot] = 0.0, 1.0  # one-hot columns stay 0/1: a rare value would grow to ~sqrt(N)
             x = (x - mean) / std
+    y_scale = None
+    if task == "regression" and node.get("scale_target", False):  # as sklearn's TransformedTargetRegressor
+        mean, std = y[train].mean(0), y[train].std(0) if len(train) > 1 else torch.ones(y.shape[1])
+        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant target stays constant (0), not 0/0
+        y, y_scale = (y - mean) / std, (mean.tolist(), std.tolist())
     n_out = y.shape[1] if task != "multiclass" else len(classes)
     to = lambda t: t.to(device)
     return Data(to(x[train]), to(y[train]), to(x[val]), to(y[val]), task, n_out, classes,
-                table.rows_dropped if table is not None else 0)
+                table.rows_dropped if table is not None else 0, y_scale)

@@ -63,7 +63,8 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
 
 
 def epoch_columns(metric: str) -> list[str]:
-    return ["epoch", "train_loss", "val_loss", metric, "lr", "seconds"]
+    rmse = ["val_rmse"] if metric == "val_r2" else []  # regression: the RMSE in the target's own units too
+    return ["epoch", "train_loss", "val_loss", metric, *rmse, "lr", "seconds"]
 
 
 def layer_columns() -> list[str]:
@@ -99,6 +100,8 @@ def metrics_row(cfg: DictConfig, metric: str | None, epochs: pd.DataFrame, layer
     }
     if metric:
         row[metric] = float(last.get(metric, nan))
+        if metric == "val_r2":
+            row["val_rmse"] = float(last.get("val_rmse", nan))
     by_epoch = epochs.set_index("epoch").train_loss
     for e in cfg.log.loss_at:
         if e <= cfg.epochs:

@@ -111,7 +111,7 @@ def batches(n: int, batch_size: Optional[int], gen: Optional[torch.Generator], d
 
 class Validation:
     """Validation loss and metric. The device computes a few raw numbers per epoch; the host
-    finishes them when it syncs (R^2 from per-column squared errors costs no extra kernels)."""
+    finishes them when it syncs (R^2 and RMSE from per-column squared errors cost no extra kernels)."""
 
     def __init__(self, data: Data):
         self.data = data
@@ -119,6 +119,17 @@ class Validation:
         self.size = 0 if len(data.x_val) == 0 else data.n_out if self.regression else 2
         if self.regression and self.size:  # per-column variance of the targets: R^2's denominator
             self.var = data.y_val.var(0, unbiased=False).tolist()
+        # per-column std that data.scale_target divided the targets by: RMSE back in the target's units
+        self.std = data.y_scale[1] if data.y_scale is not None else [1.0] * data.n_out
+
+    def more(self, values: list[float]) -> dict:
+        """Regression's extra column from raw(): val_rmse, the mean over target columns of
+        sqrt(MSE_j) * std_j, in the target's own units (std_j = 1 when the targets are not scaled)."""
+        if not self.regression:
+            return {}
+        if not self.size:
+            return {"val_rmse": math.nan}
+        return {"val_rmse": sum(math.sqrt(e) * s for e, s in zip(values, self.std)) / len(values)}
 
     def raw(self, pred: torch.Tensor) -> torch.Tensor:
         """(size,) device tensor: per-column MSE (regression), or [loss, accuracy]."""
@@ -274,9 +285,10 @@ def _read_epochs(history: History, pending: list, validation: Validation,
     k = len(pending)
     for (epoch, _, _, lr, seconds), train_loss in zip(pending, flat):
         val_loss, metric = validation.finish(flat[k:k + validation.size])
+        more = validation.more(flat[k:k + validation.size])  # val_rmse (regression)
         k += validation.size
         history.epochs.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                               history.metric: metric, "lr": lr, "seconds": seconds})
+                               history.metric: metric, **more, "lr": lr, "seconds": seconds})
         if not math.isfinite(train_loss):  # not val_loss: BatchNorm's fresh running statistics can overflow it early
             history.diverged_epoch = epoch
             break

@@ -33,7 +33,7 @@ SUMMARY_COLUMNS = ["model", "depth", "width", "act", "init", "norm", "optimizer"
                    "seed", "device", "params", "status", "final_train_loss", "final_val_loss", "best_val_loss", "val_r2",
                    "grad_norm_first", "grad_norm_last", "grad_ratio", "dead_frac_max", "saturated_frac_max", "seconds",
                    "error"]
-EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_r2", "lr", "seconds"]
+EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_r2", "val_rmse", "lr", "seconds"]
 LAYER_COLUMNS = ["epoch", "layer", "name", "grad_norm", "weight_norm", "update_ratio", "act_mean", "act_std",
                  "dead_frac", "saturated_frac"]
 GROUPS = ("act", "data", "device", "init", "model", "norm", "optimizer", "scheduler")

@@ -115,20 +115,21 @@ def test_delimiter_detected(sep):
     assert (data.task, data.n_in, len(data.x_train) + len(data.x_val)) == ("regression", 2, 5)
 
 
-def test_semicolon_with_decimal_commas_in_some_rows():
+def test_semicolon_with_decimal_commas_in_some_rows(capsys):
     # counting commas in the header alone would not do: comma splits some rows into 3, semicolon all into 2
     text = "area;price\n50,5;100\n60;130\n70;160\n"
     assert data_module._peek(write(text), "auto")[0] == ";"
-    # read with ';', 50,5 is text: the error says what it looks like
-    assert error(text) == (
-        "data.features: column 'area' of t.csv is not numeric (e.g. '50,5') (a decimal comma? "
-        "data.decimal=comma reads 1,5); one-hot encode with data.categorical=onehot, or list numeric columns "
-        "with data.features=[...]")
+    # read with ';', 50,5 is a number with a decimal comma: read as one, and said so in one line
+    data = build(text, "data.task=regression", "data.scale_target=false")
+    assert sorted(torch.cat([data.x_train, data.x_val]).flatten().tolist()) != [0.0] * 3  # numbers, standardised
+    assert capsys.readouterr().err == (
+        "deeprun: data.path='t.csv': read 1 column(s) with decimal commas ('area'; e.g. 50,5 as 50.5); "
+        "set data.decimal=comma to say so\n")
 
 
 def test_decimal_comma_reads_numbers_and_leaves_comma_out_of_auto():
     text = "area;rooms;price\n50,5;1;100\n60;2;130,25\n70,75;3;160\n80;2;170\n"
-    data = build(text, "data.decimal=comma", target="area")
+    data = build(text, "data.decimal=comma", "data.scale_target=false", target="area")
     assert sorted(torch.cat([data.y_train, data.y_val]).flatten().tolist()) == [50.5, 60.0, 70.75, 80.0]
     assert data.n_in == 2  # rooms and price, both numbers
     # split at commas, every line of this file has 3 fields, at semicolons 2: auto would take comma,
@@ -371,3 +372,100 @@ def test_cli_bad_file(in_tmp, case):
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"deeprun: error: {says}"), shown
     assert sorted(q.name for q in in_tmp.rglob("*") if q.is_file()) == ["t.csv"], "run records left behind"
+
+
+# --- numbers that only look like text, labels that are numbers, several problems at once -------------------
+
+
+def test_decimal_comma_target_is_a_regression_not_classes(capsys):
+    # a semicolon file saved with decimal commas, read with the default data.decimal=point
+    text = "area;rooms;price\n" + "".join(f"{50 + i},5;{i % 4};{3 + i / 100:.3f}\n".replace(".", ",")
+                                          for i in range(40))
+    data = build(text)
+    assert (data.task, data.n_classes, data.n_in) == ("regression", None, 2)
+    assert "read 2 column(s) with decimal commas ('area', 'price'; e.g. 50,5 as 50.5)" in capsys.readouterr().err
+
+
+def test_decimal_comma_with_thousands_points_stays_text_and_never_suggests_onehot_for_numbers():
+    text = "area;price\n1.234,5;100\n60,5;130\n70;160\n"  # 1.234,5: ambiguous, the column stays text
+    assert "data.categorical=onehot" in error(text)
+    # in a comma file a quoted 50,5 is a number with a decimal comma: the hint says so, not one-hot
+    says = error('area,price\n"50,5",100\n"60,5",130\n"70,5",160\n')
+    assert "decimal comma? set data.decimal=comma" in says and "onehot" not in says
+
+
+LABELS = "area,label\n" + "".join(f"{i},L{i % 30}\n" for i in range(120))  # 30 text labels, 4 rows each
+
+
+def test_too_many_text_classes_is_one_error_naming_both_ways_out():
+    assert error(LABELS, target="label") == (
+        "data.target='label': column 'label' has 30 distinct values to take as classes (more than "
+        "data.max_classes=20); set data.task=regression if they are numbers, or data.task=classification "
+        "data.max_classes=30 to train 30 classes")
+    data = build(LABELS, "data.task=classification", "data.max_classes=30", target="label")
+    assert (data.task, data.n_classes, data.n_out) == ("multiclass", 30, 30)
+    assert build(LABELS, "data.max_classes=30", target="label").n_classes == 30  # auto: max_classes allows it
+
+
+def test_text_labels_nearly_one_per_row_are_an_error():
+    text = "area,label\n" + "".join(f"{i},L{i % 10}\n" for i in range(20))  # 2 rows per class
+    assert "has 10 distinct values to take as classes (2.0 rows per class on average)" in error(text, target="label")
+    assert build(text, "data.task=classification", target="label").n_classes == 10  # insisted on: trains
+
+
+def test_integer_target_with_values_nearly_one_per_row_is_a_regression():
+    text = "area,price\n" + "".join(f"{i},{100 + i}\n" for i in range(10))
+    assert build(text).task == "regression"
+
+
+def test_several_problems_in_one_message():
+    says = error(HOLES.replace("note", "city"))  # holes and a text column
+    parts = says.split("; ")
+    assert "\n" not in says
+    assert says.startswith("data.path='t.csv': missing or non-finite values")
+    assert "data.features: column 'city' of t.csv is not numeric (e.g. 'a')" in says
+    assert "data.missing=drop leaves such rows out" in parts[0] + parts[1] and len(parts) >= 3
+
+
+# --- regression targets in their own units ---------------------------------------------------------
+
+
+def test_scale_target_standardises_with_the_train_split_and_records_units():
+    text = "area,rooms,price\n" + "".join(f"{50 + i},{i % 3},{300000 + 1000 * i}\n" for i in range(30))
+    data = build(text)
+    assert data.loss_units == "standardised" and data.n_classes is None
+    (mean,), (std,) = data.y_scale
+    assert abs(data.y_train.mean().item()) < 1e-5 and abs(data.y_train.std().item() - 1) < 1e-5
+    assert 3e5 < mean < 3.3e5 and 5e3 < std < 1e4
+    raw = build(text, "data.scale_target=false")
+    assert raw.y_scale is None and raw.loss_units == "target" and raw.y_train.min() >= 3e5
+    assert torch.allclose(data.y_val * std + mean, raw.y_val)
+    result = deeprun.run(cfg(text, "epochs=3"))
+    assert result.summary["loss_units"] == "standardised" and result.summary["n_classes"] is None
+    assert list(result.epochs.columns) == ["epoch", "train_loss", "val_loss", "val_r2", "val_rmse", "lr", "seconds"]
+    last = result.epochs.iloc[-1]  # one target column: val_rmse = sqrt(val_loss) * train std
+    assert math.isclose(last.val_rmse, math.sqrt(last.val_loss) * std, rel_tol=1e-5)
+    assert result.summary["val_rmse"] == last.val_rmse
+
+
+def test_scale_target_must_be_a_bool():
+    with pytest.raises(ConfigError) as info:
+        deeprun.compose(["data=custom", "data._target_=a.b", "data.scale_target=maybe"])
+    assert str(info.value) == "data.scale_target='maybe': must be true or false"
+
+
+def test_house_prices_train_in_standardised_units_through_the_cli(tmp_path):
+    """price = 3e5 + 5e4 * (a linear mix of 4 features) + noise: the defaults fit it."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 4, generator=gen)
+    price = 3e5 + 5e4 * (x @ torch.tensor([0.5, -0.3, 0.8, 0.2])) + 1e3 * torch.randn(500, generator=gen)
+    rows = "".join(",".join(f"{v:.4f}" for v in r) + f",{p:.2f}\n" for r, p in zip(x.tolist(), price.tolist()))
+    write("a,b,c,d,price\n" + rows)
+    proc = run_cli("data=csv", "data.path=t.csv", "data.target=price", "log.progress=false", "device=cpu",
+                   "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["val_r2"] >= 0.9 and summary["loss_units"] == "standardised"
+    assert summary["final_train_loss"] < 0.2 and summary["val_rmse"] < 2e4
+    old = deeprun.run(cfg(open("t.csv").read(), "data.scale_target=false", "epochs=3")).summary
+    assert old["loss_units"] == "target" and old["final_train_loss"] > 1e9  # the target's own units

@@ -30,7 +30,7 @@ from conftest import tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_r2", "lr", "seconds"]
+EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_r2", "val_rmse", "lr", "seconds"]
 LAYER_COLUMNS = ["epoch", "layer", "name", "grad_norm", "weight_norm", "update_ratio", "act_mean", "act_std",
                  "dead_frac", "saturated_frac"]
 
