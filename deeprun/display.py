@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -11,9 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-SUMMARY_KEYS = ("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "data", "device", "params",
-                "status", "diverged_epoch", "final_train_loss", "final_val_loss", "best_val_loss", "val_r2",
-                "val_accuracy", "grad_norm_first", "grad_norm_last", "grad_ratio", "dead_frac_max",
+SUMMARY_KEYS = ("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "data", "task", "loss_units",
+                "rows_dropped", "device", "params", "status", "diverged_epoch", "final_train_loss", "final_val_loss",
+                "best_val_loss", "val_r2", "val_accuracy", "val_rmse", "grad_norm_first@init", "grad_norm_last@init",
+                "grad_ratio@init", "grad_norm_first", "grad_norm_last", "grad_ratio", "dead_frac_max",
                 "saturated_frac_max", "seconds", "error")
 
 
@@ -41,13 +43,21 @@ def epoch_progress(epochs: int, enabled: bool = True) -> Iterator[Callable[[dict
         yield on_log
 
 
+def _summary_value(summary: dict, key: str):
+    value = summary[key]
+    if key == "task" and value == "multiclass" and summary.get("n_classes") is not None:
+        return f"multiclass ({int(summary['n_classes'])} classes)"
+    return value
+
+
 def summary_table(summary: dict, out_dir: Optional[Path]) -> Table:
+    """The run's settings and outcome; the records path folds, never cut (print_summary puts it below)."""
     table = Table(title="deeprun", show_header=False, title_justify="left")
-    table.add_column("key", style="bold")
-    table.add_column("value")
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for key in SUMMARY_KEYS:
-        if key in summary and summary[key] is not None:
-            table.add_row(key, fmt(summary[key]))
+        if key in summary and summary[key] is not None and not (key == "rows_dropped" and not summary[key]):
+            table.add_row(key, fmt(_summary_value(summary, key)))
     for key in sorted((k for k in summary if k.startswith("loss@")), key=lambda k: int(k[5:])):
         table.add_row(key, fmt(summary[key]))
     if out_dir is not None:
@@ -55,14 +65,19 @@ def summary_table(summary: dict, out_dir: Optional[Path]) -> Table:
     return table
 
 
-def print_summary(summary: dict, out_dir: Optional[Path]) -> None:
-    Console().print(summary_table(summary, out_dir))
+def print_summary(summary: dict, out_dir: Optional[Path], console: Optional[Console] = None) -> None:
+    console = console or Console()
+    console.print(summary_table(summary, None))
+    if out_dir is not None:  # below the table on a line of its own, never wrapped or cut: a path to copy
+        console.print(f"records: {out_dir}", soft_wrap=True, markup=False, highlight=False)
 
 
 # --- results tables (sweeps, deeprun-report) -------------------------------------
 
-KEY_METRICS = ("status", "final_train_loss", "final_val_loss", "val_r2", "val_accuracy", "grad_norm_first",
-               "grad_ratio", "dead_frac_max", "saturated_frac_max", "seconds", "error", "expect_missed")
+KEY_METRICS = ("status", "final_train_loss", "final_val_loss", "val_r2", "val_accuracy", "val_rmse",
+               "grad_ratio@init", "grad_norm_first@init", "grad_norm_first", "grad_ratio", "dead_frac_max",
+               "saturated_frac_max", "seconds", "error", "expect_missed")
+TEXT_COLUMNS = ("error", "expect_missed", "run", "overrides")  # long text: cut with …, not wrapped down the page
 
 
 OUTCOME_COLUMNS = ("config_key", "threads", "task", "params")  # stored among the config columns, but not chosen
@@ -98,15 +113,32 @@ def default_columns(frame) -> list[str]:
     return [*varying_columns(frame), *metrics[:1], *loss_at, *metrics[1:]]
 
 
+def fit_priority(columns: list[str]) -> list[str]:
+    """`columns` in the order they get room in a narrow terminal: key metrics, then loss@N, then probes,
+    text last (KEY_METRICS' order with loss@N after the validation metric)."""
+    head = ("status", "final_train_loss", "final_val_loss", "best_val_loss", "val_r2", "val_accuracy", "val_rmse")
+    rank = {c: i for i, c in enumerate(head)}
+
+    def key(c: str) -> tuple[int, int]:
+        if c in rank:
+            return 0, rank[c]
+        if c.startswith("loss@"):
+            return 1, int(c[5:]) if c[5:].isdigit() else 0
+        if c in TEXT_COLUMNS:
+            return 4, TEXT_COLUMNS.index(c)
+        return (2, KEY_METRICS.index(c)) if c in KEY_METRICS else (3, 0)
+    return sorted(columns, key=key)
+
+
 def results_table(frame, columns: Optional[list[str]] = None, title: Optional[str] = None) -> Table:
-    """A rich table of results rows; by default default_columns(frame)."""
+    """A rich table of results rows; by default default_columns(frame). Cells never wrap; only long text
+    columns are cut (with …), so a table wider than the console needs a wider console, see print_results."""
     columns = columns if columns is not None else default_columns(frame)
     table = Table(title=title, title_justify="left")
     for c in columns:
-        numeric = frame[c].dtype.kind in "if"
-        wide = c in ("error", "expect_missed", "run", "overrides")  # long text: cut, not wrapped down the page
-        table.add_column(c, justify="right" if numeric else "left", no_wrap=True,
-                         overflow="ellipsis", max_width=48 if wide else None)
+        numeric = frame[c].dtype.kind in "iuf"
+        table.add_column(c, justify="right" if numeric else "left", no_wrap=True, overflow="ellipsis",
+                         max_width=48 if c in TEXT_COLUMNS else None, min_width=len(str(c)))
     styles = {"failed": "red", "diverged": "yellow", "interrupted": "magenta", "running": "magenta"}
     for _, row in frame.iterrows():
         table.add_row(*(fmt(None if _missing(row[c]) else row[c]) for c in columns),
@@ -118,8 +150,51 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def print_results(frame, columns: Optional[list[str]] = None, title: Optional[str] = None) -> None:
-    console = Console()
-    if not console.is_terminal:  # a log file or a pipe: no terminal edge to fit, so no squeezed columns
-        console = Console(width=240)
-    console.print(results_table(frame, columns, title))
+def table_width(table: Table) -> int:
+    """The columns `table` takes with nothing cut: rich's own measure on an unbounded console."""
+    return Console(width=100_000, file=io.StringIO()).measure(table).maximum
+
+
+def fit_columns(frame, columns: list[str], width: int, keep: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """(shown, left out): `keep` always, then whole columns in fit_priority order while the table fits `width`;
+    shown keeps the order of `columns`."""
+    chosen = [c for c in columns if c in keep]
+    left = []
+    for c in fit_priority([c for c in columns if c not in keep]):
+        trial = [x for x in columns if x in chosen or x == c]
+        if table_width(results_table(frame, trial)) <= width:
+            chosen.append(c)
+        else:
+            left.append(c)
+    return [c for c in columns if c in chosen], [c for c in columns if c in left]
+
+
+def print_results(frame, columns: Optional[list[str]] = None, title: Optional[str] = None, wide: bool = False,
+                  source: str = "DIR", console: Optional[Console] = None,
+                  every: Optional[list[str]] = None) -> list[str]:
+    """Print the results table; returns the columns left out. Default columns in a terminal (or on the
+    `console` given): the swept ones whole, then as many whole metrics as fit, and a line naming the rest.
+    Asked-for columns (or wide, or a pipe/log file) all show, in lines as wide as they need.
+    every: the default columns when not default_columns(frame) (a report's, over all runs before its filter)."""
+    fit = console is not None
+    if console is None:
+        console = Console()
+        fit = console.is_terminal
+        if not fit:  # a log file or a pipe: no terminal edge to fit, so every column shows
+            console = Console(width=240)
+    left: list[str] = []
+    if columns is None:
+        columns = every if every is not None else default_columns(frame)
+        if not wide and fit:
+            swept = tuple(c for c in columns if c not in KEY_METRICS and not c.startswith("loss@"))
+            columns, left = fit_columns(frame, columns, console.width, keep=swept)
+    table = results_table(frame, columns, title)
+    # asked-for or swept columns wider than the console: longer lines, never squeezed columns
+    width, console.width = console.width, max(console.width, table_width(table))
+    console.print(table)
+    console.width = width
+    if left:
+        console.print(f"{len(left)} column{'' if len(left) == 1 else 's'} left out ({', '.join(left)}): "
+                      f"deeprun-report {source} --wide, --columns a,b,c, or --out table.csv",
+                      markup=False, highlight=False)
+    return left

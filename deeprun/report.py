@@ -32,6 +32,7 @@ SHARED = ("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "
 EXAMPLES = """examples:
   deeprun-report outputs/sweeps/2026-11-22_14-13-21-590484
   deeprun-report outputs/sweeps/* --filter status=completed --sort=-final_val_loss
+  deeprun-report outputs/sweeps/2026-11-22_14-13-21-590484 --wide
   deeprun-report runs/a runs/b --columns act,depth,final_train_loss,grad_norm_first --out table.md
   deeprun-report SWEEP --pivot depth act final_train_loss --out pivot.csv --plot plots/
 """
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         report(args.paths, columns=args.columns, sort=args.sort, filters=args.filters, pivot=args.pivot,
-               out=args.out, plot=args.plot)
+               out=args.out, plot=args.plot, wide=args.wide)
     except ReportError as e:
         _fail(str(e))
     except BrokenPipeError:  # `deeprun-report ... | head`: the reader left; say nothing more
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", metavar="A,B,C",
                    help="columns to show and write (default: those that vary, then key metrics), "
                         "e.g. --columns act,depth,final_train_loss")
+    p.add_argument("--wide", action="store_true",
+                   help="show every default column whatever the terminal's width (lines may run past its "
+                        "edge); by default a narrow terminal gets the columns that fit, e.g. --wide")
     p.add_argument("--sort", metavar="COL[,COL]",
                    help="sort rows by these columns, missing values last; a leading - sorts descending "
                         "(write it with =), e.g. --sort=-final_val_loss or --sort act,depth")
@@ -93,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def report(paths: Sequence[str], columns: str | None = None, sort: str | None = None,
            filters: Sequence[str] = (), pivot: Sequence[str] | None = None, out: str | None = None,
-           plot: str | None = None) -> None:
+           plot: str | None = None, wide: bool = False) -> None:
     """Everything deeprun-report does; raises ReportError for bad input before it writes anything."""
     out_path, plot_dir = _check_out(out), None if plot is None else Path(plot)
     if plot_dir is not None and plot_dir.exists() and not plot_dir.is_dir():
@@ -102,11 +106,13 @@ def report(paths: Sequence[str], columns: str | None = None, sort: str | None = 
     frame = select(everything, filters, sort)
     # default: what varies among all the runs found, so a filter does not make its own column disappear
     shown = (list(dict.fromkeys(_column(frame, c.strip(), "--columns") for c in columns.split(","))) if columns
-             else default_columns(everything))
+             else None)
     kept = f"{len(frame)} of {len(everything)}" if len(frame) < len(everything) else str(len(frame))
     stats = pivot_stats(frame, *pivot) if pivot else None
-    print_results(frame, shown, title=f"{kept} run{'' if kept == 1 else 's'} under {', '.join(paths)}")
-    table = frame[shown]
+    # default columns: print_results fits them to the terminal; the file gets them all
+    print_results(frame, shown, title=f"{kept} run{'' if kept == 1 else 's'} under {', '.join(paths)}", wide=wide,
+                  source=" ".join(paths), every=default_columns(everything))
+    table = frame[shown or default_columns(everything)]
     if pivot:
         rows, cols, value = pivot
         table, cells = pivot_frame(stats, rows, cols), pivot_frame(stats, rows, cols, as_text=True)
@@ -205,13 +211,23 @@ def pivot_stats(frame: pd.DataFrame, rows: str, cols: str, value: str) -> pd.Dat
     if mixed:
         raise ReportError(f"{option}: a cell holds runs that differ in {', '.join(mixed)}, not only in seed; "
                           f"add --filter {mixed[0]}=<value> or pivot by {mixed[0]}")
-    return frame.groupby([rows, cols], dropna=False)[value].agg(["mean", "std", "count"])
+    stats = frame.groupby([rows, cols], dropna=False, sort=False)[value].agg(["mean", "std", "count"])
+    stats = stats.reindex(pd.MultiIndex.from_product([_order(frame[rows]), _order(frame[cols])],
+                                                     names=[rows, cols])).dropna(how="all")
+    return stats.astype({"count": int})  # reindex made it float: "over 2 seeds", not "2.0"
+
+
+def _order(column: pd.Series) -> list:
+    """A pivot axis in the sweep's order: numbers sorted as numbers, text in order of first appearance."""
+    values = list(pd.unique(column))  # in order of first appearance, one NaN at most
+    return sorted(v for v in values if pd.notna(v)) + [v for v in values if pd.isna(v)] if column.dtype.kind in "iuf" \
+        else values
 
 
 def pivot_frame(stats: pd.DataFrame, rows: str, cols: str, as_text: bool = False) -> pd.DataFrame:
     """The pivot as a flat table: a ROWS column, then per COLS value v the mean `<cols>=v` and, where cells
     hold several seeds, `<cols>=v std`. as_text: `mean ± std` text cells instead, for the terminal."""
-    mean, std = stats["mean"].unstack(cols), stats["std"].unstack(cols)
+    mean, std = _unstack(stats, "mean", cols), _unstack(stats, "std", cols)
     table = pd.DataFrame({rows: mean.index})
     for c in mean.columns:
         name = f"{cols}={_text(c)}"
@@ -222,6 +238,12 @@ def pivot_frame(stats: pd.DataFrame, rows: str, cols: str, as_text: bool = False
         if stats["count"].max() > 1:
             table[f"{name} std"] = std[c].to_numpy()
     return table
+
+
+def _unstack(stats: pd.DataFrame, what: str, cols: str) -> pd.DataFrame:
+    """stats[what] as a grid in stats' own row and column order (unstack alone sorts both)."""
+    rows, columns = (pd.unique(stats.index.get_level_values(i)) for i in (0, 1))
+    return stats[what].unstack(cols).reindex(index=rows, columns=columns)
 
 
 def _check_out(out: str | None) -> Path | None:
@@ -317,7 +339,7 @@ def _subtitle(frame: pd.DataFrame, n_runs: int) -> str:
     varying = varying_columns(frame)
     shared = [f"{k}={_text(frame[k].iloc[0])}" for k in SHARED
               if k in frame and k not in varying and frame[k].notna().all() and frame[k].nunique() == 1]
-    return f"{n_runs} runs; " + " ".join(shared)
+    return f"{n_runs} run{'' if n_runs == 1 else 's'}; " + " ".join(shared)
 
 
 def _figure(ncols: int, width: float, subtitle: str = ""):
@@ -338,6 +360,24 @@ def _legend(figure, handles: list) -> None:
     """Outside the axes on the right, in smaller type as entries grow."""
     size = "medium" if len(handles) <= 8 else "small" if len(handles) <= 14 else "x-small"
     figure.legend(handles=handles, loc="outside right upper", fontsize=size, frameon=False)
+    _wrap_subtitle(figure)
+
+
+def _wrap_subtitle(figure) -> None:
+    """Wrap a long subtitle so that it ends left of the legend: both sit at the top, and would overlap."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    title = figure._suptitle
+    if title is None or not title.get_text() or not figure.legends:
+        return
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw_without_rendering()  # runs the constrained layout, which places the legend
+    box, legend = title.get_window_extent(renderer), figure.legends[0].get_window_extent(renderer)
+    if box.x1 > legend.x0 and box.y0 < legend.y1:
+        chars = int(len(title.get_text()) * (legend.x0 - box.x0 - 10) / box.width)
+        title.set_text(textwrap.fill(title.get_text(), max(chars, 20)))
 
 
 def _log_if_wide(set_scale, values) -> None:
@@ -350,15 +390,30 @@ def _loss_figure(groups: dict[str, list], subtitle: str):
     from matplotlib.lines import Line2D
 
     figure, (ax,) = _figure(1, 10, subtitle)
-    handles, values = [], []
+    handles, train, val = [], [], []
     for (label, runs), colour in zip(groups.items(), _colours(len(groups))):
         for epochs, _ in runs:
             ax.plot(epochs["epoch"], epochs["train_loss"], color=colour, lw=1.5)
             ax.plot(epochs["epoch"], epochs["val_loss"], color=colour, lw=1.5, ls="--")
-            values += [*epochs["train_loss"], *epochs["val_loss"]]
+            train += list(epochs["train_loss"])
+            val += list(zip(epochs["epoch"], epochs["val_loss"]))
         handles.append(Line2D([], [], color=colour, lw=2, label=label))
     handles += [Line2D([], [], color="k", label="train"), Line2D([], [], color="k", ls="--", label="validation")]
+    finite = [v for v in train if math.isfinite(v)]
+    # a validation loss over 1e3 x the largest training loss (BatchNorm's initial statistics) would flatten the rest
+    top = 1e3 * max(finite) if finite and max(finite) > 0 else math.inf
+    off = sorted({int(e) for e, v in val if math.isfinite(v) and v > top})
+    values = finite + [v for _, v in val if math.isfinite(v) and v <= top]
     _log_if_wide(ax.set_yscale, values)
+    if off and values:
+        low, high = min(values), max(values)
+        pad = 0.05 * (high - low) or 0.05 * abs(high) or 1.0
+        ax.set_ylim(*((low / 1.5, high * 1.5) if ax.get_yscale() == "log" else (low - pad, high + pad)))
+        run = off == list(range(off[0], off[-1] + 1))
+        at = (f"epoch {off[0]}" if len(off) == 1 else f"epochs {off[0]}-{off[-1]}" if run
+              else "epochs " + ", ".join(map(str, off)))
+        ax.text(0.99, 0.98, f"validation loss above {top:.0e} at {at} is off the chart", transform=ax.transAxes,
+                ha="right", va="top", fontsize="small", color="dimgray")
     ax.set(xlabel="epoch (0 = at initialisation)", ylabel="loss", title="Loss: train (solid), validation (dashed)")
     ax.grid(alpha=0.3, which="both")
     _legend(figure, handles)
@@ -394,16 +449,23 @@ def _pivot_figure(stats: pd.DataFrame, rows: str, cols: str, value: str, lines: 
     """Lines of VALUE against ROWS, one per COLS value, when ROWS are numbers; else a heatmap."""
     from matplotlib.colors import LogNorm
 
-    mean, std = stats["mean"].unstack(cols), stats["std"].unstack(cols)
+    mean, std = _unstack(stats, "mean", cols), _unstack(stats, "std", cols)
     repeats = stats["count"].max()
     title = f"{value} by {rows} and {cols}" + (f" (mean ± std over {repeats} seeds)" if repeats > 1 else "")
     figure, (ax,) = _figure(1, 8)
     if lines:
-        for c, colour in zip(mean.columns, _colours(len(mean.columns))):
-            ax.errorbar(mean.index, mean[c], yerr=std[c] if repeats > 1 else None, color=colour, marker="o",
-                        capsize=3, label=f"{cols}={_text(c)}")
         _log_if_wide(ax.set_xscale, mean.index.astype(float))
         _log_if_wide(ax.set_yscale, mean.to_numpy(dtype=float).ravel())
+        log = ax.get_yscale() == "log"
+        for c, colour in zip(mean.columns, _colours(len(mean.columns))):
+            yerr = None
+            if repeats > 1:
+                s = std[c].fillna(0).to_numpy(dtype=float)
+                m = mean[c].to_numpy(dtype=float)
+                # on a log axis mean - std may be <= 0: the lower bar stops at a tenth of the mean instead
+                yerr = [np.minimum(s, 0.9 * m) if log else s, s]
+            ax.errorbar(mean.index, mean[c], yerr=yerr, color=colour, marker="o", capsize=3,
+                        label=f"{cols}={_text(c)}")
         ax.set(xlabel=rows, ylabel=value, title=title)
         ax.grid(alpha=0.3, which="both")
         _legend(figure, ax.get_legend_handles_labels()[0])

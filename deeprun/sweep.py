@@ -176,7 +176,8 @@ def finish(directory: Path) -> int:
     frame = write_results(directory)
     from .display import print_results
 
-    print_results(frame, title=f"{len(frame)} job{'' if len(frame) == 1 else 's'}: {directory / 'results.csv'}")
+    print_results(frame, title=f"{len(frame)} job{'' if len(frame) == 1 else 's'}: {directory / 'results.csv'}",
+                  source=str(directory))
     failed = (frame.get("status") == "failed").any() if len(frame) else False
     missed = frame["expect_missed"].notna().any() if "expect_missed" in frame else False
     if missed:

@@ -235,3 +235,68 @@ def test_console_script_reads_records_without_torch(records, tmp_path):
     bad = subprocess.run([str(DEEPRUN.with_name("deeprun-report")), str(tmp_path / "nope")], capture_output=True,
                          text=True, timeout=60, check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_wide_shows_every_default_column(records, capsys):
+    out, _ = run_report(capsys, records["sweep"], "--wide")
+    header = next(line for line in out.splitlines() if "final_train_loss" in line)
+    frame = report.load([str(records["sweep"])])
+    assert [c.strip() for c in header.strip("┃").split("┃")] == report.default_columns(frame)
+    assert "left out" not in out and "…" not in out
+
+
+def test_pivot_rows_follow_the_sweep_not_the_alphabet():
+    frame = pd.DataFrame({"depth": [8, 32, 2, 8, 32, 2], "act": ["tanh"] * 3 + ["relu"] * 3,
+                          "loss": [1.0, 2, 3, 4, 5, 6], "status": "completed"})
+    stats = report.pivot_stats(frame, "depth", "act", "loss")
+    table = report.pivot_frame(stats, "depth", "act")
+    assert list(table["depth"]) == [2, 8, 32]  # numbers as numbers
+    assert list(table.columns) == ["depth", "act=tanh", "act=relu"]  # text in order of first appearance
+    assert list(table["act=relu"]) == [6, 4, 5]
+    names = report.pivot_frame(report.pivot_stats(frame, "act", "depth", "loss"), "act", "depth")
+    assert list(names["act"]) == ["tanh", "relu"] and list(names.columns) == ["act", "depth=2", "depth=8", "depth=32"]
+    assert stats["count"].dtype.kind == "i"
+
+
+def test_subtitle_counts_one_run_and_stays_clear_of_the_legend():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    frame = pd.DataFrame({"model": ["mlp"], "width": [8], "status": ["completed"], "run": ["r"]})
+    subtitle = report._subtitle(frame, 1)
+    assert subtitle.startswith("1 run; ")
+    epochs = pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [1.0, 0.5, 0.2], "val_loss": [1.1, 0.6, 0.3]})
+    groups = {f"model.widths=[8, 8, 8, 8, 8, 8, 8, 8] act=sigmoid lr={i}": [(epochs, None)] for i in range(6)}
+    figure = report._loss_figure(groups, subtitle + " model=mlp width=8 init=uniform optimizer=sgd lr=0.01 " * 3)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    title, legend = figure._suptitle.get_window_extent(renderer), figure.legends[0].get_window_extent(renderer)
+    assert title.y0 >= legend.y1 or title.x1 <= legend.x0, (title, legend)
+
+
+def test_pivot_error_bars_stay_above_zero_on_a_log_axis():
+    index = pd.MultiIndex.from_product([[2, 8, 32], ["relu"]], names=["depth", "act"])
+    stats = pd.DataFrame({"mean": [1e-3, 1.0, 100.0], "std": [5e-3, 0.1, 500.0], "count": [3, 3, 3]}, index=index)
+    figure = report._pivot_figure(stats, "depth", "act", "final_train_loss", lines=True)
+    ax = figure.axes[0]
+    assert ax.get_yscale() == "log"
+    from matplotlib.collections import LineCollection
+
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    lows = [seg[:, 1].min() for c in bars for seg in c.get_segments()]
+    assert lows and min(lows) > 0
+
+
+def test_loss_outliers_are_off_the_chart_with_a_note():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    epochs = pd.DataFrame({"epoch": [0, 1, 2, 3, 4], "train_loss": [5.0, 2.0, 1.0, 0.5, 0.4],
+                           "val_loss": [3.9e33, 1e20, 1.5, 0.8, 0.6]})
+    figure = report._loss_figure({"model=resnet depth=100": [(epochs, None)]}, "1 run; model=resnet")
+    FigureCanvasAgg(figure).draw()
+    ax = figure.axes[0]
+    low, high = ax.get_ylim()
+    assert high < 100 and low > 0
+    notes = [t.get_text() for t in ax.texts]
+    assert notes == ["validation loss above 5e+03 at epochs 0-1 is off the chart"]
+    calm = report._loss_figure({"a": [(epochs.assign(val_loss=epochs["train_loss"]), None)]}, "1 run")
+    assert len(calm.axes[0].texts) == 0 and calm.axes[0].get_ylim()[1] < 100
