@@ -24,7 +24,7 @@ run: install  ## train the default experiment (pass overrides as ARGS="depth=8 a
 	$(VENV)/bin/deeprun $(ARGS)
 
 test: install  ## the whole test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 test-fast: install  ## the suite without the slow end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
