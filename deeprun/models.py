@@ -1,6 +1,6 @@
 """Models and the registries configs name: activations, norms, inits, models.
 
-A *layer* (DESIGN.md) is a module holding a weight matrix or kernel, in forward
+A *layer* (docs/records.md, layers.csv) is a module holding a weight matrix or kernel, in forward
 order; :func:`weight_layers` lists them for the probes. The scalars of
 residual_scale=rezero/skipinit are parameters of a block, not layers.
 """

@@ -1,6 +1,6 @@
 """Per-layer probes, accumulated on the device; the host reads them once per logged epoch.
 
-Definitions (DESIGN.md): a *layer* is each module holding a weight matrix or
+Definitions (docs/records.md, layers.csv): a *layer* is each module holding a weight matrix or
 kernel, in forward order. `grad_norm` is the L2 norm of its weight gradient
 before clipping, averaged over the epoch's optimiser steps; `update_ratio` is
 ||W_after - W_before|| / ||W_before|| over the epoch; activation stats come from

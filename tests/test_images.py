@@ -1,6 +1,6 @@
 """Conv models (cnn, resnet_cnn), image data (data=images, CSV rows as images) and residual scaling.
 
-Oracles come from the YAML comments and DESIGN.md: conv i (cnn) or block i
+Oracles come from the YAML comments and docs/config.md (model): conv i (cnn) or block i
 (resnet_cnn) is in stage floor(3 i / depth) with width * 2^stage channels; a
 stage's first conv halves the map with stride 2; a resnet_cnn block whose shape
 changes has a 1x1 stride-2 projection shortcut; residual_scale rezero / skipinit

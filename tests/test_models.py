@@ -2,7 +2,7 @@
 
 The group options are read from conf/<group>/*.yaml, so a new file is covered
 without touching this module; the option-specific checks are oracles written
-from DESIGN.md and torch's documented formulas, not from deeprun's code.
+from docs/config.md and torch's documented formulas, not from deeprun's code.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_leaky_relu_slope_reaches_the_module_and_the_kaiming_gain():
 
 # --- initialisation --------------------------------------------------------------------
 
-AUTO_INIT = {  # DESIGN.md: Kaiming for the ReLU family, Xavier for tanh/sigmoid, LeCun-normal for SELU
+AUTO_INIT = {  # docs/config.md (init=auto): Kaiming for the ReLU family, Xavier for tanh/sigmoid, LeCun-normal for SELU
     "relu": "kaiming_normal", "leaky_relu": "kaiming_normal", "elu": "kaiming_normal", "gelu": "kaiming_normal",
     "silu": "kaiming_normal", "mish": "kaiming_normal", "tanh": "xavier_uniform", "sigmoid": "xavier_uniform",
     "softplus": "xavier_uniform", "identity": "xavier_uniform", "selu": "lecun_normal",

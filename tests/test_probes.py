@@ -1,6 +1,6 @@
 """Probe numbers against oracles computed by hand from autograd and the activations themselves.
 
-Definitions (DESIGN.md): a layer is each module holding a weight matrix, in
+Definitions (docs/records.md, layers.csv): a layer is each module holding a weight matrix, in
 forward order; grad_norm is the L2 norm of its weight gradient averaged over the
 epoch's steps; update_ratio is ||W_after - W_before|| / ||W_before||; dead_frac is
 the share of units never positive on any probe sample (ReLU family);

@@ -1,6 +1,6 @@
 """The training loop against a hand-written PyTorch loop, and the records a run leaves behind.
 
-Conventions checked here (DESIGN.md and deeprun/train.py): epoch 0 is the model
+Conventions checked here (docs/records.md and deeprun/train.py): epoch 0 is the model
 at initialisation (epoch 1's first batch's loss and gradient, no step; epoch 1 steps with that gradient); epoch e >= 1 records the mean training loss of its steps,
 weighted by batch size; minibatches follow torch.randperm(n) of a generator
 seeded with cfg.seed, one permutation per epoch, and a trailing batch of one
