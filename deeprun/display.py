@@ -114,19 +114,18 @@ def default_columns(frame) -> list[str]:
 
 
 def fit_priority(columns: list[str]) -> list[str]:
-    """`columns` in the order they get room in a narrow terminal: key metrics, then loss@N, then probes,
-    text last (KEY_METRICS' order with loss@N after the validation metric)."""
-    head = ("status", "final_train_loss", "final_val_loss", "best_val_loss", "val_r2", "val_accuracy", "val_rmse")
-    rank = {c: i for i, c in enumerate(head)}
+    """`columns` in the order they get room in a narrow terminal: KEY_METRICS' order, with loss@N after the
+    validation metrics and before the probes, other columns next and long text last."""
+    probes = KEY_METRICS.index("grad_ratio@init")
 
     def key(c: str) -> tuple[int, int]:
-        if c in rank:
-            return 0, rank[c]
-        if c.startswith("loss@"):
-            return 1, int(c[5:]) if c[5:].isdigit() else 0
         if c in TEXT_COLUMNS:
             return 4, TEXT_COLUMNS.index(c)
-        return (2, KEY_METRICS.index(c)) if c in KEY_METRICS else (3, 0)
+        if c.startswith("loss@"):
+            return 1, int(c[5:]) if c[5:].isdigit() else 0
+        if c in KEY_METRICS:
+            return (0 if KEY_METRICS.index(c) < probes else 2), KEY_METRICS.index(c)
+        return 3, 0
     return sorted(columns, key=key)
 
 
