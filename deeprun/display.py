@@ -80,7 +80,7 @@ KEY_METRICS = ("status", "final_train_loss", "final_val_loss", "val_r2", "val_ac
 TEXT_COLUMNS = ("error", "expect_missed", "run", "overrides")  # long text: cut with …, not wrapped down the page
 
 
-OUTCOME_COLUMNS = ("config_key", "threads", "task", "params")  # stored among the config columns, but not chosen
+OUTCOME_COLUMNS = ("config_key", "threads", "task", "n_classes", "loss_units", "params", "rows_dropped")  # among the config columns, not chosen
 
 
 def config_columns(frame) -> list[str]:

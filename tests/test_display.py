@@ -180,3 +180,11 @@ def test_report_in_a_100_column_pseudo_terminal(frame, tmp_path):
     rows = [dict(zip(headers, r)) for r in body_rows(out)]
     assert [(r["act"], r["depth"]) for r in rows] == [("relu", "2"), ("relu", "8"), ("tanh", "2"), ("tanh", "8")]
     assert "…" not in out and "left out" in out
+
+
+def test_what_the_data_decided_is_an_outcome_not_a_swept_column():
+    """task, n_classes, loss_units and rows_dropped sit before `status` in a summary, but nobody chose them."""
+    frame = pd.DataFrame({"act": ["relu", "tanh"], "data": ["iris", "iris"], "task": ["multiclass", "binary"],
+                          "n_classes": [3, 2], "loss_units": [None, "target"], "params": [10, 20],
+                          "rows_dropped": [0, 4], "status": ["completed", "completed"]})
+    assert display.varying_columns(frame) == ["act"]
