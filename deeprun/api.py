@@ -106,6 +106,24 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
     return Result(summary, epochs, layers, model, out)
 
 
+def run_group(cfgs: list[DictConfig], out_dirs: list[str | Path], threads: Optional[int] = None) -> list[dict]:
+    """Train jobs whose stack.group_key is equal as one stacked model; each keeps its own records
+    in its out_dir, exactly as `run` writes them. Returns each job's summary, in order. A job that
+    fails is recorded `failed` and the others go on; Ctrl-C records the unfinished ones
+    `interrupted` and then raises KeyboardInterrupt."""
+    # STUB until the stacked loop lands: one job after another
+    summaries = []
+    for cfg, out in zip(cfgs, out_dirs):
+        try:
+            summaries.append(run(cfg, out_dir=out, progress=False, threads=threads).summary)
+        except Exception as e:
+            from .records import SUMMARY
+            import json
+            path = Path(out) / SUMMARY
+            summaries.append(json.loads(path.read_text()) if path.exists() else {"status": "failed", "error": str(e)})
+    return summaries
+
+
 def _out_of_memory(e: Exception, cfg: DictConfig, row: dict, data) -> Optional[str]:
     """For an allocation that failed (CPU or GPU): the model's size and about what it needs; None for others."""
     oom = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
