@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from .data import build_data, resolve_device
 from .models import build_model, count_params, resolve_init
 from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, missed_expectation,
                       write_atomic, write_summary, write_table)
-from .train import History, train
+from .train import MEMBER_OPTIONS, History, train
 
 
 @dataclass
@@ -30,6 +32,9 @@ class Result:
     layers: pd.DataFrame  # one row per (logged epoch, layer)
     model: Optional[nn.Module]
     out_dir: Optional[Path]
+
+
+SMALL_WORK = 1 << 24  # multiply-adds a step below which one torch thread is fastest (more only wait on each other)
 
 
 def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
@@ -45,83 +50,137 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
     A failure or Ctrl-C still leaves complete records (status failed / interrupted)
     before the exception goes on to the caller.
     """
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    history = History(metric="")
-    row = config_row(cfg, cfg.init.name, cfg.device.name)
-    status, error, model, data = "running", None, None, None
-    try:  # from the first write on: a Ctrl-C at any point leaves `interrupted`, never a stale `running`
-        if out is not None:
-            write_summary(out, {**row, "status": status})
-        validate(cfg)  # inside: in a sweep, a bad value is that job's `failed` record
-        row["init"] = resolve_init(cfg.init, cfg.act)
-        device = resolve_device(cfg.device.name, job if cfg.device.spread else None)
-        threads = cfg.device.threads or threads
-        if threads is not None:
-            torch.set_num_threads(threads)
-        row.update(device=str(device), threads=torch.get_num_threads())
-        data = build_data(cfg, device)
-        history.metric = data.metric
-        model = build_model(cfg, data)
-        row.update(task=data.task, n_classes=data.n_classes, loss_units=data.loss_units, params=count_params(model),
-                   rows_dropped=data.rows_dropped)  # data.missing=drop
-        _checkpoint(out, cfg, "init", model)
-        show = cfg.log.progress if progress is None else progress
-        with display.epoch_progress(cfg.epochs, enabled=show) as show_row:
-            def log(row: dict) -> None:
-                show_row(row)
-                if on_log is not None:
-                    on_log(row)
-            train(model, data, cfg, history, log)
-        status = "diverged" if history.diverged_epoch is not None else "completed"
-        _checkpoint(out, cfg, "final", model)
-    except KeyboardInterrupt:
-        status, error = "interrupted", "KeyboardInterrupt"
-        raise
-    except Exception as e:
-        oom = _out_of_memory(e, cfg, row, data)
-        status, error = "failed", oom or f"{type(e).__name__}: {e}"
-        if oom:  # too big a model is the user's to fix: one line, exit 2
-            raise OutOfMemory(oom) from None
-        raise
-    finally:
-        epochs = pd.DataFrame(history.epochs, columns=epoch_columns(history.metric or "val_metric"))
-        layers = pd.DataFrame(history.layers(), columns=layer_columns())
-        summary = {**row, "status": status, "diverged_epoch": history.diverged_epoch,
-                   **metrics_row(cfg, history.metric, epochs, layers),
-                   "seconds": time.perf_counter() - start, "error": error}
-        if any(v is not None for v in cfg.expect.values()):
-            summary["expect_missed"] = missed_expectation(cfg.expect, summary)
-        if out is not None:
-            try:
-                write_table(out / EPOCHS, epochs)
-                write_table(out / LAYERS, layers)
-                write_summary(out, summary)  # last: a summary with a final status means the rest is there
-            except OSError as e:  # disk full, folder gone: the summary must not claim a whole record
-                with contextlib.suppress(OSError):
-                    write_summary(out, {**summary, "status": "failed", "error": f"records not written: {e}"})
-                raise
-    return Result(summary, epochs, layers, model, out)
+    show = cfg.log.progress if progress is None else progress
+    with display.epoch_progress(cfg.epochs, enabled=show) as show_row:
+        def log(member: int, row: dict) -> None:
+            show_row(row)
+            if on_log is not None:
+                on_log(row)
+        return _train_jobs([_Job(cfg, out_dir)], job, threads, log, alone=True)[0]
 
 
-def run_group(cfgs: list[DictConfig], out_dirs: list[str | Path], threads: Optional[int] = None) -> list[dict]:
+def run_group(cfgs: list[DictConfig], out_dirs: list[str | Path], threads: Optional[int] = None,
+              job: Optional[int] = None) -> list[dict]:
     """Train jobs whose stack.group_key is equal as one stacked model; each keeps its own records
     in its out_dir, exactly as `run` writes them. Returns each job's summary, in order. A job that
     fails is recorded `failed` and the others go on; Ctrl-C records the unfinished ones
     `interrupted` and then raises KeyboardInterrupt."""
-    # STUB until the stacked loop lands: one job after another
-    summaries = []
-    for cfg, out in zip(cfgs, out_dirs):
-        try:
-            summaries.append(run(cfg, out_dir=out, progress=False, threads=threads).summary)
-        except Exception as e:
-            from .records import SUMMARY
-            import json
-            path = Path(out) / SUMMARY
-            summaries.append(json.loads(path.read_text()) if path.exists() else {"status": "failed", "error": str(e)})
-    return summaries
+    jobs = [_Job(cfg, out) for cfg, out in zip(cfgs, out_dirs)]
+    # members of equal optimiser settings side by side: each run of them is one param group
+    order = sorted(range(len(jobs)), key=lambda i: json.dumps(_options(cfgs[i]), sort_keys=True, default=str))
+    _train_jobs([jobs[i] for i in order], job, threads, lambda member, row: None, alone=False)
+    return [j.summary for j in jobs]
+
+
+def _options(cfg: DictConfig) -> dict:
+    return {"lr": cfg.lr, **{k: cfg.optimizer.get(k) for k in MEMBER_OPTIONS[1:]}}
+
+
+class _Job:
+    """One job's config, records and outcome as it goes through _train_jobs."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Optional[str | Path]):
+        self.cfg, self.out = cfg, Path(out_dir) if out_dir is not None else None
+        self.start = time.perf_counter()
+        self.history = History(metric="")
+        self.row = config_row(cfg, cfg.init.name, cfg.device.name)
+        self.status, self.error, self.model = "running", None, None
+        self.summary: dict = {}
+        if self.out is not None:  # from the first write on: a Ctrl-C leaves `interrupted`, never a stale `running`
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_summary(self.out, {**self.row, "status": self.status})
+
+    def fail(self, e: Exception, data=None) -> Optional[str]:
+        """Record the failure; returns the out-of-memory line when it was one."""
+        oom = _out_of_memory(e, self.cfg, self.row, data)
+        self.status, self.error = "failed", oom or f"{type(e).__name__}: {e}"
+        return oom
+
+    def result(self, stack_size: int) -> Result:
+        """Write the records (summary.json last: a final status means the rest is there)."""
+        epochs = pd.DataFrame(self.history.epochs, columns=epoch_columns(self.history.metric or "val_metric"))
+        layers = pd.DataFrame(self.history.layers(), columns=layer_columns())
+        self.summary = {**self.row, "status": self.status, "diverged_epoch": self.history.diverged_epoch,
+                        **metrics_row(self.cfg, self.history.metric, epochs, layers),
+                        "seconds": (time.perf_counter() - self.start) / stack_size, "stack_size": stack_size,
+                        "error": self.error}
+        if any(v is not None for v in self.cfg.expect.values()):
+            self.summary["expect_missed"] = missed_expectation(self.cfg.expect, self.summary)
+        if self.out is not None:
+            try:
+                write_table(self.out / EPOCHS, epochs)
+                write_table(self.out / LAYERS, layers)
+                write_summary(self.out, self.summary)
+            except OSError as e:  # disk full, folder gone: the summary must not claim a whole record
+                with contextlib.suppress(OSError):
+                    write_summary(self.out, {**self.summary, "status": "failed", "error": f"records not written: {e}"})
+                raise
+        return Result(self.summary, epochs, layers, self.model, self.out)
+
+
+def _train_jobs(jobs: list[_Job], job: Optional[int], threads: Optional[int], on_log, alone: bool) -> list[Result]:
+    """Build the jobs' data (once: they share it) and models (each its own), train them together,
+    write each job's records. `alone`: a solo run, whose failure goes on to the caller."""
+    live, data = list(jobs), None
+    try:
+        for j in list(live):  # inside: in a sweep, a bad value is that job's `failed` record
+            try:
+                validate(j.cfg)
+                j.row["init"] = resolve_init(j.cfg.init, j.cfg.act)
+            except Exception as e:
+                if alone:
+                    raise
+                j.fail(e)
+                live.remove(j)
+        if live:
+            cfg = live[0].cfg
+            device = resolve_device(cfg.device.name, job if cfg.device.spread else None)
+            data = build_data(cfg, device)
+            for j in list(live):
+                try:
+                    j.history.metric = data.metric
+                    j.model = build_model(j.cfg, data)
+                    j.row.update(device=str(device), task=data.task, n_classes=data.n_classes,
+                                 loss_units=data.loss_units, params=count_params(j.model),
+                                 rows_dropped=data.rows_dropped)  # data.missing=drop
+                    _checkpoint(j.out, j.cfg, "init", j.model)
+                except Exception as e:
+                    if alone:
+                        raise
+                    j.fail(e, data)
+                    live.remove(j)
+        if live:
+            torch.set_num_threads(cfg.device.threads or threads or _threads_for(live, data))
+            for j in live:
+                j.row["threads"] = torch.get_num_threads()
+            train([j.model for j in live], data, [j.cfg for j in live], [j.history for j in live], on_log)
+            for j in live:
+                j.status = "diverged" if j.history.diverged_epoch is not None else "completed"
+                _checkpoint(j.out, j.cfg, "final", j.model)
+    except KeyboardInterrupt:
+        for j in live:
+            j.status, j.error = "interrupted", "KeyboardInterrupt"
+        raise
+    except Exception as e:
+        ooms = [j.fail(e, data) for j in live if j.status == "running"]
+        if alone:
+            if ooms and ooms[0]:  # too big a model is the user's to fix: one line, exit 2
+                raise OutOfMemory(ooms[0]) from None
+            raise
+    finally:
+        results = [j.result(len(live) or 1) for j in jobs]
+    return results
+
+
+def _threads_for(jobs: list[_Job], data) -> int:
+    """Torch threads for this work: one for small nets (SMALL_WORK), else torch's default (a thread per core)."""
+    rows = min(jobs[0].cfg.batch_size or len(data.x_train), len(data.x_train))
+    positions = math.prod(data.in_shape[1:]) if len(data.in_shape) > 1 else 1  # a conv weight's uses per sample
+    work = len(jobs) * rows * count_params(jobs[0].model) * positions
+    return 1 if work <= SMALL_WORK else DEFAULT_THREADS
+
+
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, read before any run changes it
 
 
 def _out_of_memory(e: Exception, cfg: DictConfig, row: dict, data) -> Optional[str]:

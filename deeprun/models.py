@@ -135,7 +135,10 @@ class Residual(nn.Module):
         self.alpha = branch_scale(residual_scale, depth)
 
     def merge(self, skip: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
-        return self.act(skip + (fx if self.alpha is None else self.alpha * fx))
+        if self.alpha is None:
+            return self.act(skip + fx)
+        # a scalar, or one per member of a stack (E,): it scales the member's (B, ...) rows
+        return self.act(skip + self.alpha.view(-1, *[1] * (fx.dim() - 1)) * fx)
 
 
 class ResidualBlock(Residual):
@@ -158,6 +161,7 @@ class ResidualMLP(nn.Module):
     def __init__(self, n_in: int, n_out: int, *, depth: int, width: int, act: ActFactory,
                  norm: str = "batch", norm_position: str = "pre", dropout: float = 0.0, residual_scale: str = "1"):
         super().__init__()
+        self.flatten = nn.Flatten()  # images: flattened
         self.stem = nn.Linear(n_in, width)
         self.stem_act = act()
         self.blocks = nn.Sequential(*(ResidualBlock(width, act, norm, norm_position, dropout, residual_scale, depth)
@@ -165,7 +169,7 @@ class ResidualMLP(nn.Module):
         self.head = nn.Linear(width, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem_act(self.stem(x.flatten(1)))))  # images: flattened
+        return self.head(self.blocks(self.stem_act(self.stem(self.flatten(x)))))
 
 
 # --- convolutional ------------------------------------------------------------------
@@ -250,18 +254,14 @@ class ResidualCNN(nn.Module):
             c_in, stage = c_out, s
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
         self.head = nn.Linear(c_in, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
+        return self.head(self.flatten(self.pool(self.blocks(self.stem(x)))))
 
 
 MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "resnet": ResidualMLP, "cnn": CNN, "resnet_cnn": ResidualCNN}
-# Module types whose forward does not depend on train/eval mode (not Dropout, not BatchNorm; a
-# user's class might read self.training, so it is not listed)
-MODE_FREE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.GroupNorm, nn.Sequential, nn.ModuleList,
-             nn.Flatten, nn.AdaptiveAvgPool2d, MLP, ResidualMLP, ResidualBlock, CNN, ResidualCNN, ResidualConvBlock,
-             *ACTIVATIONS.values())
 
 
 # --- initialisation -----------------------------------------------------------
