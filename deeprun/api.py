@@ -51,12 +51,7 @@ def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optiona
     before the exception goes on to the caller.
     """
     show = cfg.log.progress if progress is None else progress
-    with display.epoch_progress(cfg.epochs, enabled=show) as show_row:
-        def log(member: int, row: dict) -> None:
-            show_row(row)
-            if on_log is not None:
-                on_log(row)
-        return _train_jobs([_Job(cfg, out_dir)], job, threads, log, alone=True)[0]
+    return _train_jobs([_Job(cfg, out_dir)], job, threads, alone=True, progress=show, on_log=on_log)[0]
 
 
 def run_group(cfgs: list[DictConfig], out_dirs: list[str | Path], threads: Optional[int] = None,
@@ -68,7 +63,7 @@ def run_group(cfgs: list[DictConfig], out_dirs: list[str | Path], threads: Optio
     jobs = [_Job(cfg, out) for cfg, out in zip(cfgs, out_dirs)]
     # members of equal optimiser settings side by side: each run of them is one param group
     order = sorted(range(len(jobs)), key=lambda i: json.dumps(_options(cfgs[i]), sort_keys=True, default=str))
-    _train_jobs([jobs[i] for i in order], job, threads, lambda member, row: None, alone=False)
+    _train_jobs([jobs[i] for i in order], job, threads, alone=False)
     return [j.summary for j in jobs]
 
 
@@ -118,9 +113,11 @@ class _Job:
         return Result(self.summary, epochs, layers, self.model, self.out)
 
 
-def _train_jobs(jobs: list[_Job], job: Optional[int], threads: Optional[int], on_log, alone: bool) -> list[Result]:
+def _train_jobs(jobs: list[_Job], job: Optional[int], threads: Optional[int], alone: bool, progress: bool = False,
+                on_log: Optional[Callable[[dict], None]] = None) -> list[Result]:
     """Build the jobs' data (once: they share it) and models (each its own), train them together,
-    write each job's records. `alone`: a solo run, whose failure goes on to the caller."""
+    write each job's records. `alone`: a solo run, whose failure goes on to the caller; it may show
+    a progress bar and call on_log(row) at each logged epoch."""
     live, data = list(jobs), None
     try:
         for j in list(live):  # inside: in a sweep, a bad value is that job's `failed` record
@@ -153,7 +150,12 @@ def _train_jobs(jobs: list[_Job], job: Optional[int], threads: Optional[int], on
             torch.set_num_threads(cfg.device.threads or threads or _threads_for(live, data))
             for j in live:
                 j.row["threads"] = torch.get_num_threads()
-            train([j.model for j in live], data, [j.cfg for j in live], [j.history for j in live], on_log)
+            with display.epoch_progress(cfg.epochs, enabled=progress) as show_row:
+                def log(member: int, row: dict) -> None:
+                    show_row(row)
+                    if on_log is not None:
+                        on_log(row)
+                train([j.model for j in live], data, [j.cfg for j in live], [j.history for j in live], log)
             for j in live:
                 j.status = "diverged" if j.history.diverged_epoch is not None else "completed"
                 _checkpoint(j.out, j.cfg, "final", j.model)
