@@ -161,9 +161,9 @@ class Probes:
             e = self.members
             grads = self.grad_sum if self.grad_sum is not None else torch.full((len(self.weights), self.size), math.nan,
                                                                                   device=self._device)
-            if self.weights:
-                updates = member_norms(torch._foreach_sub(self.weights, self._before), e)
-                parts = [grads, updates, member_norms(self.weights, e), member_norms(self._before, e)]
+            if self.weights:  # ||W_after - W_before||, ||W_after||, ||W_before||: one norm call for all three
+                diffs = torch._foreach_sub(self.weights, self._before)
+                parts = [grads, *member_norms([*diffs, *self.weights, *self._before], e).chunk(3)]
             else:
                 parts = [grads] * 4
             captured = self._captured if len(self._captured) == len(self.acts) else []
@@ -176,7 +176,7 @@ class Probes:
                 kinds = {self.acts[i][1] for i in idx}
                 parts += [TAILS[kind](s).sum(over) for kind in ("tanh", "sigmoid") if kind in kinds]
             self._captured = []
-            return [p.flatten().to(self._device, torch.float32) for p in parts]
+            return [p.flatten() if p.is_floating_point() else p.flatten().float() for p in parts]
 
     def logged(self, epoch: int, raw: list[float]) -> Logged:
         """The epoch's numbers as `collect` laid them out, read to the host, with what reading them needs."""

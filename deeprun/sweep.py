@@ -102,14 +102,21 @@ def job_threads(hydra_cfg: DictConfig) -> Optional[int]:
 def finished_run(directory: Path, key: str) -> Optional[tuple[Path, dict]]:
     """(run directory, summary) of a run under `directory` with config_key `key` and a finished
     record (completed or diverged); None if there is none."""
+    return finished_runs(directory).get(key)
+
+
+def finished_runs(directory: Path) -> dict[str, tuple[Path, dict]]:
+    """config_key -> (run directory, summary) of every finished run under `directory`, the first in
+    natural order where several share a key: one pass over the records, for a whole batch of jobs."""
     from .records import FINISHED, SUMMARY, find_runs
 
+    found: dict[str, tuple[Path, dict]] = {}
     for run in find_runs([directory]):
         with contextlib.suppress(OSError, ValueError):
             summary = json.loads((run / SUMMARY).read_text())
-            if summary.get("config_key") == key and summary.get("status") in FINISHED:
-                return run, summary
-    return None
+            if summary.get("status") in FINISHED:
+                found.setdefault(summary.get("config_key"), (run, summary))
+    return found
 
 
 def objective(cfg: DictConfig, summary: dict) -> float:
@@ -149,22 +156,27 @@ def write_results(directory: Path):
 def add_result(directory: Path, run_dir: Path) -> None:
     """Put one job's row into `directory`/results.csv (replacing an older row of the same job
     directory): a job reads one table, not every record of the sweep, so a long sweep stays cheap."""
+    add_results(directory, [run_dir])
+
+
+def add_results(directory: Path, run_dirs: list[Path]) -> None:
+    """add_result for several jobs at once (a batched launcher's group): one read and one write of the table."""
     import pandas as pd
 
     from .records import RESULTS, column_order, natural_key, results_frame, write_table
 
     with _locked(directory):
-        row = results_frame([run_dir], relative_to=directory)
-        if row.empty:  # the job left no record (its directory could not be written)
+        rows = results_frame(run_dirs, relative_to=directory)
+        if rows.empty:  # the jobs left no record (their directories could not be written)
             return
         path = directory / RESULTS
         if path.exists():
-            table = pd.read_csv(path)
-            order = column_order([table.columns, row.columns])
-            table = pd.concat([table[table["run"] != row["run"].iloc[0]], row], ignore_index=True)[order]
+            table = pd.read_csv(path, dtype={"run": str})  # a job dir named `0` is a name, not a number
+            order = column_order([table.columns, rows.columns])
+            table = pd.concat([table[~table["run"].isin(rows["run"])], rows], ignore_index=True)[order]
             table = table.iloc[sorted(range(len(table)), key=lambda i: natural_key(table["run"].iloc[i]))]
         else:
-            table = row
+            table = rows
         write_table(path, table)
 
 
