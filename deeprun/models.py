@@ -69,6 +69,13 @@ def make_norm(name: str, width: int, image: bool = False) -> nn.Module | None:
     return None if cls is None else cls(width)
 
 
+def feeds_batch_norm(norm: str, norm_position: str) -> bool:
+    """Whether a layer's output goes straight into BatchNorm, which subtracts each unit's batch mean:
+    the layer's bias then has a gradient of zero up to rounding, which Adam would turn into lr-sized
+    steps of noise. Such layers have no bias (as torchvision's ResNets)."""
+    return norm == "batch" and norm_position == "pre"
+
+
 def norm_act(width: int, act: ActFactory, norm: str, norm_position: str,
              image: bool = False) -> list[tuple[str, nn.Module]]:
     """[norm, act] for 'pre' (normalise the activation's input), [act, norm] for 'post'."""
@@ -95,7 +102,7 @@ class MLP(nn.Sequential):
         if in_shape is not None and len(in_shape) > 1:
             layers.append(("flatten", nn.Flatten()))
         for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
-            layers.append((f"fc{i}", nn.Linear(fan_in, fan_out)))
+            layers.append((f"fc{i}", nn.Linear(fan_in, fan_out, bias=not feeds_batch_norm(norm, norm_position))))
             layers += [(f"{kind}{i}", m) for kind, m in norm_act(fan_out, act, norm, norm_position)]
             if dropout > 0:
                 layers.append((f"drop{i}", nn.Dropout(dropout)))
@@ -148,7 +155,8 @@ class ResidualBlock(Residual):
     def __init__(self, width: int, act: ActFactory, norm: str, norm_position: str, dropout: float,
                  residual_scale: str = "1", depth: int = 1):
         super().__init__(act, residual_scale, depth)
-        self.f = branch(("fc1", nn.Linear(width, width)), ("fc2", nn.Linear(width, width)), width, act, norm,
+        self.f = branch(("fc1", nn.Linear(width, width, bias=not feeds_batch_norm(norm, norm_position))),
+                        ("fc2", nn.Linear(width, width, bias=norm != "batch")), width, act, norm,
                         norm_position, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,9 +188,9 @@ def stages(depth: int) -> list[int]:
     return [STAGES * i // depth for i in range(depth)]
 
 
-def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+def conv3x3(c_in: int, c_out: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
     """3x3, "same" padding: stride 1 keeps the size, stride 2 halves it (rounding up)."""
-    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
 
 
 def _channels(in_shape: tuple[int, ...], model: str) -> int:
@@ -203,7 +211,8 @@ class CNN(nn.Sequential):
         c_in, layers, stage = _channels(in_shape, "cnn"), [], 0
         for i, s in enumerate(stages(depth)):
             c_out = width * 2 ** s
-            layers.append((f"conv{i}", conv3x3(c_in, c_out, stride=2 if s != stage else 1)))
+            layers.append((f"conv{i}", conv3x3(c_in, c_out, stride=2 if s != stage else 1,
+                                               bias=not feeds_batch_norm(norm, norm_position))))
             layers += [(f"{kind}{i}", m) for kind, m in norm_act(c_out, act, norm, norm_position, image=True)]
             if dropout > 0:
                 layers.append((f"drop{i}", nn.Dropout(dropout)))
@@ -225,11 +234,12 @@ class ResidualConvBlock(Residual):
         super().__init__(act, residual_scale, depth)
         self.shortcut = None  # before f: called first in forward, so the probes list it first too
         if stride != 1 or c_in != c_out:
-            proj = [("conv", nn.Conv2d(c_in, c_out, 1, stride=stride))]
+            proj = [("conv", nn.Conv2d(c_in, c_out, 1, stride=stride, bias=norm != "batch"))]
             if (n := make_norm(norm, c_out, image=True)) is not None:
                 proj.append(("norm", n))
             self.shortcut = nn.Sequential(OrderedDict(proj))
-        self.f = branch(("conv1", conv3x3(c_in, c_out, stride)), ("conv2", conv3x3(c_out, c_out)), c_out, act, norm,
+        self.f = branch(("conv1", conv3x3(c_in, c_out, stride, bias=not feeds_batch_norm(norm, norm_position))),
+                        ("conv2", conv3x3(c_out, c_out, bias=norm != "batch")), c_out, act, norm,
                         norm_position, dropout, image=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +254,7 @@ class ResidualCNN(nn.Module):
                  norm: str = "batch", norm_position: str = "pre", dropout: float = 0.0, residual_scale: str = "1"):
         super().__init__()
         c_in = _channels(in_shape, "resnet_cnn")
-        self.stem = nn.Sequential(OrderedDict([("conv", conv3x3(c_in, width)),
+        self.stem = nn.Sequential(OrderedDict([("conv", conv3x3(c_in, width, bias=not feeds_batch_norm(norm, norm_position))),
                                                *norm_act(width, act, norm, norm_position, image=True)]))
         blocks, c_in, stage = [], width, 0
         for s in stages(depth):
