@@ -55,7 +55,7 @@ class Logged(NamedTuple):
     steps: int  # optimiser steps the gradient norms were summed over
     updated: bool  # whether W_before is from an earlier epoch (not at epoch 0)
     shapes: tuple  # the kept activations' shapes, which say how to read the numbers
-    raw: list[float]
+    raw: np.ndarray
 
 
 class Probes:
@@ -180,7 +180,7 @@ class Probes:
 
     def logged(self, epoch: int, raw: list[float]) -> Logged:
         """The epoch's numbers as `collect` laid them out, read to the host, with what reading them needs."""
-        return Logged(epoch, self.steps, epoch > 0, self._shapes, raw)
+        return Logged(epoch, self.steps, epoch > 0, self._shapes, np.asarray(raw, dtype=np.float64))
 
     def table(self, logged: list[Logged], member: int = 0) -> dict[str, np.ndarray]:
         """The columns of member's layers.csv (epoch, layer, name, LAYER_COLUMNS) for the logged epochs."""
@@ -195,7 +195,7 @@ class Probes:
     @np.errstate(all="ignore")  # a diverged run's inf - inf and inf / inf: NaN, as it should be
     def _rows(self, logged: list[Logged], member: int) -> np.ndarray:
         """(T, L, LAYER_COLUMNS) of one member for T logged epochs of one layout, all at once."""
-        raw = np.array([e.raw for e in logged], dtype=np.float64)
+        raw = np.stack([e.raw for e in logged])
         steps = np.maximum([e.steps for e in logged], 1)[:, None]
         updated = np.array([e.updated for e in logged])[:, None]
         shapes, n, e, m = logged[0].shapes, len(self.weights), self.size, member
@@ -232,7 +232,7 @@ class Probes:
     def read(self, updated: bool = True, member: int = 0) -> list[dict]:
         """The epoch's layer statistics as dicts (one host sync); for tests and notebooks."""
         raw = torch.cat(self.collect()).tolist()
-        table = self.table([Logged(0, self.steps, updated, self._shapes, raw)], member)
+        table = self.table([Logged(0, self.steps, updated, self._shapes, np.asarray(raw))], member)
         return [{"layer": i, "name": name, **{c: float(table[c][i]) for c in LAYER_COLUMNS}}
                 for i, name in enumerate(self.names)]
 
