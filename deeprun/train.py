@@ -47,11 +47,15 @@ SCHEDULERS = {
         opt, factor=c.factor, patience=c.patience, min_lr=c.min_lr),
 }
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating; the first chunk is the probe batch
-PER_SAMPLE_LOSS = {  # (E, B, ...) predictions -> (E, B) losses; each member's loss is the mean of its row
-    "regression": lambda pred, y: F.mse_loss(pred, y, reduction="none").flatten(2).mean(2),
-    "binary": lambda pred, y: F.binary_cross_entropy_with_logits(pred, y, reduction="none").flatten(2).mean(2),
-    "multiclass": lambda pred, y: F.cross_entropy(pred.flatten(0, 1), y.flatten(), reduction="none").view(y.shape),
+MEMBER_LOSS = {  # (E, B, ...) predictions -> (E,) losses: each member's mean over its own batch
+    "regression": lambda pred, y: F.mse_loss(pred, y, reduction="none").mean(_all_but_first(pred)),  # MSE, not 0.5 MSE
+    "binary": lambda pred, y: F.binary_cross_entropy_with_logits(pred, y, reduction="none").mean(_all_but_first(pred)),
+    "multiclass": lambda pred, y: F.cross_entropy(pred.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1),
 }
+
+
+def _all_but_first(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(range(1, t.dim()))
 
 
 @dataclass
@@ -165,7 +169,7 @@ class Validation:
         y = self.data.y_val.expand(len(pred), *self.data.y_val.shape)
         if self.regression:
             return F.mse_loss(pred, y, reduction="none").mean(1)
-        loss = PER_SAMPLE_LOSS[self.data.task](pred, y).mean(1)
+        loss = MEMBER_LOSS[self.data.task](pred, y)
         labels = (pred > 0).to(y.dtype) if self.data.task == "binary" else pred.argmax(-1)
         return torch.stack([loss, (labels == y).flatten(1).float().mean(1)], 1)
 
@@ -210,7 +214,7 @@ def train(models: list[nn.Module], data: Data, cfgs: list[DictConfig], histories
     scheduler = lookup(SCHEDULERS, cfg.scheduler.name, "scheduler")(optimizer, cfg.scheduler, cfg.epochs)
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     params = [p for p in net.parameters() if p.requires_grad]
-    per_sample_loss = PER_SAMPLE_LOSS[data.task]
+    member_loss = MEMBER_LOSS[data.task]
     validation = Validation(data)
     probe_x = data.x_val if len(data.x_val) else data.x_train
     probes = Probes(net if stacked else models[0], probe_x.expand(n_members, *probe_x.shape) if stacked else probe_x,
@@ -229,7 +233,7 @@ def train(models: list[nn.Module], data: Data, cfgs: list[DictConfig], histories
     def step(xb: torch.Tensor, yb: torch.Tensor, probing: bool, update: bool = True) -> torch.Tensor:
         for p in params:
             p.grad = None
-        losses = per_sample_loss(net(xb), yb).mean(1)  # (E,): each member's mean loss over its batch
+        losses = member_loss(net(xb), yb)  # (E,)
         losses.sum().backward()  # members share no weights: each gets its own loss's gradient
         bind_grads()
         if probing:
