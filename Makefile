@@ -29,10 +29,11 @@ test: install  ## the whole test suite
 test-fast: install  ## the suite without the slow end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install  ## deeprun vs a hand-written loop and Lightning, as ratios; sweep costs
+bench: install  ## deeprun vs a hand-written loop and Lightning, as ratios; sweep costs; stacked sweeps (STACK_BENCH_ARGS=--quick)
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[bench]'
 	$(PY) bench/bench.py
 	$(PY) bench/sweep_bench.py
+	$(PY) bench/stack_bench.py $(STACK_BENCH_ARGS)
 
 experiments: install  ## run the seed presets, rewrite docs/experiments.md (ARGS="--only width_vs_depth")
 	$(PY) docs/experiments.py $(ARGS)

@@ -11,7 +11,8 @@
   seed 001's model D (1000 full-batch epochs each).
 
 Each measurement is a fresh `deeprun -m` process, as a user runs it; medians of repeats,
-the two launchers alternating.
+the two launchers alternating. The basic launcher is named (`hydra/launcher=basic`): the
+default of `deeprun -m` is now the batched launcher, which stack_bench.py measures.
 
     python bench/sweep_bench.py [--repeats 3]
 """
@@ -34,6 +35,7 @@ FLOOR_APP = Path(__file__).with_name("floor_app.py")
 TINY = ["epochs=20", "depth=2", "width=8", "data.n=64"]
 MODEL_D = ["depth=8", "width=8", "init=uniform", "optimizer=sgd", "lr=0.01", "epochs=1000", "data.n=400"]
 SEEDS16 = "seed=" + ",".join(map(str, range(16)))
+BASIC = "hydra/launcher=basic"  # named: the default launcher of `deeprun -m` is now batched (stack_bench.py)
 
 
 def sweep(args: list[str]) -> tuple[float, pd.DataFrame]:
@@ -61,8 +63,8 @@ def overhead(repeats: int) -> tuple[float, float]:
     """(deeprun's, the no-op Hydra app's) seconds per job beyond the jobs' own work."""
     ours, hydras = [], []
     for _ in range(repeats):
-        t1, r1 = sweep([*TINY, "seed=0"])
-        t16, r16 = sweep([*TINY, SEEDS16])
+        t1, r1 = sweep([*TINY, "seed=0", BASIC])
+        t16, r16 = sweep([*TINY, SEEDS16, BASIC])
         ours.append(((t16 - t1) - (r16.seconds.sum() - r1.seconds.sum())) / 15)
         hydras.append((floor(["+seed=" + ",".join(map(str, range(16)))]) - floor(["+seed=0"])) / 15)
     return statistics.median(ours), statistics.median(hydras)
@@ -71,7 +73,7 @@ def overhead(repeats: int) -> tuple[float, float]:
 def joblib_speedup(repeats: int) -> tuple[float, float, float]:
     ratios, basics, joblibs = [], [], []
     for _ in range(repeats):
-        basic, _ = sweep([*MODEL_D, SEEDS16])
+        basic, _ = sweep([*MODEL_D, SEEDS16, BASIC])
         joblib, _ = sweep([*MODEL_D, SEEDS16, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
         ratios.append(basic / joblib)
         basics.append(basic)
