@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import pickle
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +63,18 @@ class _ClassPickler(pickle.Pickler):
         self.classes = classes
 
     def persistent_id(self, obj: Any) -> Optional[int]:
-        if isinstance(obj, type):
+        if isinstance(obj, type) and not _importable(obj):
             self.classes.append(obj)
             return len(self.classes) - 1
         return None
+
+
+def _importable(cls: type) -> bool:
+    """Whether pickle finds `cls` by its name (a class made by make_dataclass says module `types`)."""
+    obj: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is cls
 
 
 class _ClassUnpickler(pickle.Unpickler):
@@ -255,18 +262,20 @@ def to_yaml(node: Any) -> str:
         return _dump(container)
     if len(container) == 1:
         (top, inner), = container.items()
-        if isinstance(top, str) and re.fullmatch(r"[a-z_]+", top) and isinstance(inner, dict) and inner:
-            return f"{top}:\n" + "".join(_block({top: {k: v}}).partition("\n")[2] for k, v in inner.items())
+        if isinstance(inner, dict) and inner:
+            head, blocks = f"{top}:\n", [_block({top: {k: v}}) for k, v in inner.items()]
+            if all(b.startswith(head) for b in blocks):  # `hydra:` as such, not quoted or a `? ` key
+                return head + "".join(b[len(head):] for b in blocks)
     return "".join(_block({k: v}) for k, v in container.items())
 
 
-_BLOCKS: dict[str, str] = {}  # json of a block that libyaml cannot emit -> its YAML
+_BLOCKS: dict[str, str] = {}  # repr of a block that libyaml cannot emit -> its YAML
 
 
 def _block(block: dict) -> str:
     if _plain_text(block):
         return _dump(block, _CDumper)
-    key = json.dumps(block, default=repr)
+    key = repr(block)
     if key not in _BLOCKS:
         if len(_BLOCKS) > 256:  # bounded: a sweep's few distinct help texts, not every job's paths
             _BLOCKS.clear()
@@ -303,9 +312,8 @@ class _Job:
     out: Optional[Path] = None
     key: str = ""  # records.config_key
     group: Optional[str] = None  # stack.group_key; None: alone
-    error: Optional[BaseException] = None  # validate() refused it: it runs alone, and says why in one line
+    error: Optional[BaseException] = None  # strict=true, validate() refused it: it runs alone, and says why
     summary: Optional[dict] = None
-    skipped_in: Optional[Path] = None  # resume: the finished run it is
 
 
 class Batched:
@@ -357,8 +365,6 @@ class Batched:
                  f"Launching {len(jobs)} jobs in {len(groups)} submitit {self.submitit} task{'' if len(groups) == 1 else 's'}")
         runtime = HydraConfig.instance().cfg
         try:
-            if jobs:
-                configure_log(jobs[0].config.hydra.job_logging, jobs[0].config.hydra.verbose)
             if self.submitit is None:
                 for group in groups:
                     self._run_here(group, top)
@@ -437,7 +443,7 @@ class Batched:
         for job in jobs:
             if job.cfg.resume and job.key in finished:
                 done, job.summary = finished[job.key]
-                job.skipped_in = job.out = done
+                job.out = done
                 print(f"deeprun: job {job.idx} skipped: finished before, in {done}", file=sys.stderr)
                 last = None
                 continue
@@ -457,6 +463,7 @@ class Batched:
 
     def _start(self, group: List[_Job]) -> None:
         for job in group:
+            log.info(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}")  # as the basic launcher logs a job
             self._write_hydra_files(job)
             if self._hooked("on_job_start"):
                 HydraConfig.instance().cfg = job.hydra_cfg
@@ -475,9 +482,14 @@ class Batched:
         self._start(group)
         from .api import run_group
 
+        first = group[0].config
         HydraConfig.instance().cfg = group[0].hydra_cfg  # HydraConfig.get() in a user's model: the group's first job
-        with env_override(OmegaConf.to_container(group[0].config.hydra.job.env_set)):
-            summaries = run_group([job.cfg for job in group], [job.out for job in group], threads=None)
+        configure_log(first.hydra.job_logging, first.hydra.verbose)  # as run_job does around the task
+        try:
+            with env_override(OmegaConf.to_container(first.hydra.job.env_set)):
+                summaries = run_group([job.cfg for job in group], [job.out for job in group], threads=None)
+        finally:
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         self._finish(group, summaries, top)
 
     def _finish(self, group: List[_Job], summaries: List[dict], top: Path) -> None:
@@ -518,19 +530,23 @@ class Batched:
 
     # -- submitit --------------------------------------------------------------------------
 
-    def _executor(self, top: Path):
+    def _executor(self):
+        """submitit's executor for the groups, with the launcher's keys as hydra/launcher=submitit_* passes them."""
         import submitit
 
         params = dict(self.submitit_params)
         folder = params.pop("submitit_folder")
         init = {f"{self.submitit}_{k}": params.pop(k) for k in EXECUTOR_INIT if k in params}
-        executor = submitit.AutoExecutor(cluster=self.submitit, folder=folder,
-                                         **(init if self.submitit == "slurm" else {}))
         if self.submitit == "local":
             update = {k: v for k, v in params.items() if k in BASE_PARAMS}
         else:
             update = {k if k in BASE_PARAMS else f"slurm_{k}": v for k, v in params.items()}
-        executor.update_parameters(**update)
+        try:
+            executor = submitit.AutoExecutor(cluster=self.submitit, folder=folder,
+                                             **(init if self.submitit == "slurm" else {}))
+            executor.update_parameters(**update)
+        except (RuntimeError, ValueError, TypeError) as e:  # off a cluster: 'Could not detect "srun"'
+            raise ConfigError(f"hydra.launcher.submitit={self.submitit}: {_first_line(e)}") from None
         return executor
 
     def _run_submitit(self, groups: List[List[_Job]], top: Path) -> None:
@@ -539,9 +555,9 @@ class Batched:
             return
         import submitit
 
+        executor = self._executor()  # before any job directory: off a cluster, nothing is left behind
         for group in groups:
             self._start(group)
-        executor = self._executor(top)
         tasks = executor.map_array(_train_group, [[job.cfg for job in g] for g in groups],
                                    [[str(job.out) for job in g] for g in groups])
         log.info(f"submitit {self.submitit} tasks: {', '.join(t.job_id for t in tasks)} (in {top / '.submitit'})")
@@ -552,7 +568,7 @@ class Batched:
                 try:
                     summaries = task.result()
                 except Exception as e:  # the task itself died (killed, timed out): its jobs' records say so
-                    summaries = [_record_lost(job.out, f"submitit task {task.job_id} failed: {_first_line(e)}")
+                    summaries = [_record_lost(job.out, f"submitit task {task.job_id} failed: {_last_line(e)}")
                                  for job in group]
                 self._finish(group, summaries, top)
         except BaseException:
@@ -569,9 +585,15 @@ def _train_group(cfgs: List[DictConfig], out_dirs: List[str]) -> List[dict]:
     return run_group(cfgs, [Path(d) for d in out_dirs], threads=None)
 
 
+def _last_line(e: BaseException) -> str:
+    """A failed submitit task's error: its message ends with the worker's traceback, whose last line says what."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(e).__name__
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _record_lost(out: Path, why: str) -> dict:

@@ -130,8 +130,8 @@ class Probes:
         """Keep the followed activations' outputs of the forward pass inside the block, (E, B, ...) each."""
         self._captured = []
 
-        def take(module, inp, out):
-            self._captured.append(out.detach() if self.members else out.detach().unsqueeze(0))
+        def take(module, inp, out):  # under no_grad: nothing to detach
+            self._captured.append(out)
         handles = [m.register_forward_hook(take) for m, _, _ in self.acts]
         try:
             yield
@@ -163,14 +163,15 @@ class Probes:
                                                                                   device=self._device)
             if self.weights:  # ||W_after - W_before||, ||W_after||, ||W_before||: one norm call for all three
                 diffs = torch._foreach_sub(self.weights, self._before)
-                parts = [grads, *member_norms([*diffs, *self.weights, *self._before], e).chunk(3)]
+                parts = [torch.cat([grads, member_norms([*diffs, *self.weights, *self._before], e)])]
             else:
                 parts = [grads] * 4
             captured = self._captured if len(self._captured) == len(self.acts) else []
-            self._shapes = tuple(tuple(a.shape) for a in captured)
+            member_first = (lambda a: a) if self.members else (lambda a: a.unsqueeze(1))  # solo: E = 1
+            self._shapes = tuple((self.size, *a.shape[1 if self.members else 0:]) for a in captured)
             for idx in self._groups(self._shapes):
-                s = torch.stack([captured[i] for i in idx]).flatten(4) if captured[idx[0]].dim() > 3 else \
-                    torch.stack([captured[i] for i in idx])  # (G, E, B, C[, H*W])
+                s = member_first(torch.stack([captured[i] for i in idx]))  # (G, E, B, C, ...)
+                s = s.flatten(4) if s.dim() > 4 else s  # (G, E, B, C[, H*W])
                 over, per_unit = tuple(range(2, s.dim())), (2, 4) if s.dim() > 4 else 2
                 parts += [s.sum(over), torch.linalg.vector_norm(s, dim=over), s.clamp(min=0).sum(per_unit)]
                 kinds = {self.acts[i][1] for i in idx}

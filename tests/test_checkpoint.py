@@ -79,9 +79,12 @@ def test_init_path_is_required_and_must_exist(tmp_path):
 
 
 def test_the_cli_says_one_line_and_leaves_no_record(tmp_path):
+    """log.progress is on (the default): the progress bar wraps training only, so a checkpoint refused
+    while the model is built shows no bar, no summary table, only the error."""
     torch.save([1, 2, 3], tmp_path / "list.pt")
     p = run_cli("init=checkpoint", "init.path=list.pt", "epochs=1", "hydra.run.dir=run", cwd=tmp_path)
     assert p.returncode == 2
+    assert p.stdout == ""
     assert p.stderr.strip().splitlines() == ["deeprun: error: init.path='list.pt': holds a list, not a state dict "
                                              "(parameter names -> tensors); save one with torch.save(model.state_dict(), path)"]
     assert not (tmp_path / "run" / "summary.json").exists()

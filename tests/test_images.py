@@ -185,14 +185,17 @@ def test_resnet_cnn_block_is_act_of_shortcut_plus_f():
 # --- residual scaling ------------------------------------------------------------------------------
 
 class OldBlock(nn.Module):
-    """models.ResidualBlock as it was before residual_scale (git 5ec775d)."""
+    """models.ResidualBlock as it was before residual_scale (git 5ec775d), with today's rule for
+    biases: none on a layer whose output goes straight into BatchNorm (fc1 with norm=batch before
+    the activation, fc2 with any norm=batch), whose batch mean cancels it."""
 
     def __init__(self, width, act, norm, norm_position, dropout):
         super().__init__()
-        f = [("fc1", nn.Linear(width, width)), *models.norm_act(width, act, norm, norm_position)]
+        fc1_bias, fc2_bias = not (norm == "batch" and norm_position == "pre"), norm != "batch"
+        f = [("fc1", nn.Linear(width, width, bias=fc1_bias)), *models.norm_act(width, act, norm, norm_position)]
         if dropout > 0:
             f.append(("drop", nn.Dropout(dropout)))
-        f.append(("fc2", nn.Linear(width, width)))
+        f.append(("fc2", nn.Linear(width, width, bias=fc2_bias)))
         if (n := models.make_norm(norm, width)) is not None:
             f.append(("norm2", n))
         self.f = nn.Sequential(OrderedDict(f))
@@ -215,7 +218,7 @@ class OldResidualMLP(nn.Module):
 
 
 @pytest.mark.parametrize("overrides", [[], ["norm=none", "act=tanh"], ["dropout=0.2", "norm=layer"],
-                                       ["init=torch_default"]])
+                                       ["init=torch_default"], ["norm.position=post", "init=torch_default"]])
 def test_residual_scale_1_keeps_the_resnet_bit_identical(overrides):
     cfg = deeprun.compose(["model=resnet", "depth=4", "width=8", "data.n=32", "device=cpu", *overrides])
     assert cfg.model.residual_scale == "1"  # the default
@@ -378,16 +381,6 @@ def test_conv_model_on_a_table_is_a_config_error():
         deeprun.compose(["data=images", "data.n_classes=9"])
 
 
-@pytest.mark.parametrize("overrides,switch", [(["model=cnn", "norm=layer"], False), (["model=resnet_cnn", "norm=none"],
-                                                                                      False),
-                                              (["model=cnn"], True), (["model=cnn", "norm=none", "dropout=0.1"], True)])
-def test_mode_switch_only_with_batchnorm_or_dropout(overrides, switch):
-    from deeprun.train import needs_mode_switch
-
-    model, _ = built(*overrides, "depth=2", "width=4")
-    assert needs_mode_switch(model) is switch
-
-
 # --- CSV rows as images -------------------------------------------------------------------------
 
 def digits_csv(path, n: int = 150, seed: int = 0):
@@ -452,8 +445,8 @@ def test_probes_on_a_plain_cnn_count_channel_maps():
     probes = Probes(model, x)
     assert probes.names == ["conv0", "conv1", "head"]
     probes.start_epoch()
-    with torch.no_grad():
-        probes.forward(x)
+    with torch.no_grad(), probes.capture():
+        model.eval()(x)
     rows = probes.read(updated=False)
     with torch.no_grad():
         a = F.relu(model.conv0(x))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import deeprun
-from deeprun import config, models
+from deeprun import config, models, stack
 from deeprun.config import ConfigError
 from deeprun.train import OPTIMIZERS, build_optimizer
 
@@ -281,8 +281,9 @@ def test_every_optimizer_builds_its_torch_class_and_trains(optimizer):
     cfg = cpu(f"optimizer={optimizer}", "lr=0.01")
     data = deeprun.build_data(cfg, "cpu")
     model = deeprun.build_model(cfg, data)
-    opt = build_optimizer(cfg, model)
+    opt, bind, groups = build_optimizer([cfg], model, stacked=False)
     assert type(opt).__name__.lower() == optimizer  # SGD, Adam, AdamW, RMSprop
+    assert len(opt.param_groups) == 1 and groups == [0]  # a solo run: one group, the model's own parameters
     group = opt.param_groups[0]
     assert group["lr"] == pytest.approx(0.01)
     assert group["weight_decay"] == pytest.approx(cfg.optimizer.weight_decay)
@@ -295,18 +296,58 @@ def test_every_optimizer_builds_its_torch_class_and_trains(optimizer):
     assert all(moved)
 
 
+def solo_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser a solo run (E = 1) builds for `model`."""
+    return build_optimizer([cfg], model, stacked=False)[0]
+
+
 def test_optimizer_keys_reach_torch():
     cfg = cpu("optimizer=sgd", "optimizer.momentum=0.9", "optimizer.nesterov=true", "optimizer.weight_decay=0.001")
-    opt = build_optimizer(cfg, deeprun.build_model(cfg, deeprun.build_data(cfg, "cpu")))
+    opt = solo_optimizer(cfg, deeprun.build_model(cfg, deeprun.build_data(cfg, "cpu")))
     group = opt.param_groups[0]
     assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, True, 0.001)
     cfg = cpu("optimizer=adam", "optimizer.betas=[0.8,0.99]")
-    assert build_optimizer(cfg, nn.Linear(2, 2)).param_groups[0]["betas"] == (0.8, 0.99)
+    assert solo_optimizer(cfg, nn.Linear(2, 2)).param_groups[0]["betas"] == (0.8, 0.99)
     cfg = cpu("optimizer=adamw")
-    assert build_optimizer(cfg, nn.Linear(2, 2)).param_groups[0]["weight_decay"] == pytest.approx(0.01)
+    assert solo_optimizer(cfg, nn.Linear(2, 2)).param_groups[0]["weight_decay"] == pytest.approx(0.01)
     cfg = cpu("optimizer=rmsprop", "optimizer.alpha=0.9", "optimizer.momentum=0.5")
-    group = build_optimizer(cfg, nn.Linear(2, 2)).param_groups[0]
+    group = solo_optimizer(cfg, nn.Linear(2, 2)).param_groups[0]
     assert (group["alpha"], group["momentum"]) == (0.9, 0.5)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_stacked_members_of_other_settings_step_as_their_solo_optimizers(name):
+    """E = 3 members, two sharing lr and weight decay and one not: one param group per run of equal
+    settings, groups[e] names member e's, and after bind() each member's rows of every parameter step
+    as that member's solo optimiser steps its own model."""
+    momentum = ["optimizer.momentum=0.9"] if name in ("sgd", "rmsprop") else []
+    cfgs = [cpu(f"optimizer={name}", *momentum, f"seed={seed}", f"lr={lr}", f"optimizer.weight_decay={wd}")
+            for seed, lr, wd in ((0, 0.01, 0.0), (1, 0.01, 0.0), (2, 0.05, 0.1))]
+    data = deeprun.build_data(cfgs[0], "cpu")
+    models_ = [deeprun.build_model(c, data) for c in cfgs]
+    net = stack.stack(models_, [torch.Generator().manual_seed(0)] * 3)
+    opt, bind, groups = build_optimizer(cfgs, net, stacked=True)
+    assert groups == [0, 0, 1] and len(opt.param_groups) == 2
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.05]
+    assert [g["weight_decay"] for g in opt.param_groups] == pytest.approx([0.0, 0.1])
+    init = [copy.deepcopy(m.state_dict()) for m in models_]
+    solos = [(m, solo_optimizer(c, m)) for m, c in zip(models_, cfgs)]
+    x, y = data.x_train, data.y_train
+    for _ in range(3):
+        for p in net.parameters():
+            p.grad = None
+        F.mse_loss(net(x.expand(3, *x.shape)), y.expand(3, *y.shape), reduction="none").mean((1, 2)).sum().backward()
+        bind()
+        opt.step()
+        for model, o in solos:
+            o.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            o.step()
+    for e, (model, _) in enumerate(solos):
+        mine = stack.member_state(net, e)
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(mine[key], value, rtol=1e-5, atol=1e-6, msg=lambda m: f"member {e} {key}: {m}")
+        assert not torch.equal(mine["head.weight"], init[e]["head.weight"])  # the steps moved it
 
 
 @pytest.mark.parametrize("size", [(4, 3), (1100, 1000)])  # below and above FOREACH_LIMIT parameters
@@ -317,13 +358,16 @@ def test_optimizers_take_the_fastest_implementation_and_match_torchs_default_loo
     cfg = cpu(f"optimizer={name}", "lr=0.01", *(["optimizer.momentum=0.9"] if name in ("sgd", "rmsprop") else []))
     ours, theirs = nn.Linear(*size), nn.Linear(*size)
     theirs.load_state_dict(ours.state_dict())
-    opt = build_optimizer(cfg, ours)
+    opt = solo_optimizer(cfg, ours)
+    start = copy.deepcopy(ours.state_dict())
     small = size == (4, 3)
     expected = {("adam", True): "fused", ("adamw", True): "fused", ("sgd", True): "foreach",
                 ("rmsprop", True): "foreach", ("adam", False): "fused", ("adamw", False): "fused",
                 ("sgd", False): "fused", ("rmsprop", False): None}[name, small]
     assert [k for k in ("fused", "foreach") if opt.defaults.get(k)] == ([expected] if expected else [])
-    settings = {k: v for k, v in opt.defaults.items() if k != "decoupled_weight_decay"}  # AdamW sets it itself
+    # the group's settings (lr and the member options live there, not in opt.defaults); AdamW sets decoupled itself
+    settings = {k: v for k, v in opt.param_groups[0].items() if k not in ("params", "decoupled_weight_decay")}
+    assert settings["lr"] == 0.01
     ref = type(opt)(theirs.parameters(), **{**settings, "foreach": False, **({"fused": False} if "fused" in settings else {})})
     x = torch.randn(16, size[0], generator=torch.Generator().manual_seed(0))
     for _ in range(5):
@@ -331,7 +375,7 @@ def test_optimizers_take_the_fastest_implementation_and_match_torchs_default_loo
             o.zero_grad()
             model(x).pow(2).mean().backward()
             o.step()
-    assert not torch.equal(ours.weight, nn.Linear(*size).weight)  # the steps moved the weights
+    assert not torch.equal(ours.weight, start["weight"])  # the steps moved the weights
     for a, b in zip(ours.parameters(), theirs.parameters()):
         if expected == "fused":  # its own float rounding: a few weights where Adam's m / (sqrt(v) + eps) is 0/0-like
             torch.testing.assert_close(a, b, rtol=0, atol=0.01 * 0.01)  # a hundredth of one step of lr=0.01
@@ -342,7 +386,10 @@ def test_optimizers_take_the_fastest_implementation_and_match_torchs_default_loo
 def test_nesterov_without_momentum_is_a_config_error():
     cfg = cpu("optimizer=sgd", "optimizer.nesterov=true")
     with pytest.raises(ConfigError, match=r"optimizer.nesterov=true: needs optimizer.momentum > 0"):
-        build_optimizer(cfg, nn.Linear(2, 2))
+        solo_optimizer(cfg, nn.Linear(2, 2))
+    members = [cpu("optimizer=sgd", "optimizer.momentum=0.9", "optimizer.nesterov=true"), cfg]
+    with pytest.raises(ConfigError, match=r"optimizer.nesterov=true: needs optimizer.momentum > 0"):
+        build_optimizer(members, nn.Linear(2, 2), stacked=True)  # any member's mistake
 
 
 # --- schedulers: the lr column of epochs.csv is the lr each epoch trained with ------------------
@@ -493,10 +540,16 @@ def test_dropout_adds_dropout_modules(model):
     cfg = cpu(f"model={model}", "dropout=0.3", "depth=3")
     result = deeprun.run(cfg)
     assert_trained(result)
-    drops = [m for m in result.model.modules() if isinstance(m, nn.Dropout)]
+    built = deeprun.build_model(cfg, deeprun.build_data(cfg, "cpu"))
+    drops = [m for m in built.modules() if isinstance(m, nn.Dropout)]
     assert len(drops) == 3 and all(m.p == pytest.approx(0.3) for m in drops)
+    # the trained model: the same places, each dropout now drawing from the run's own generator
+    trained = [m for m in result.model.modules() if isinstance(m, (nn.Dropout, stack.Dropout))]
+    assert len(trained) == 3 and all(type(m) is stack.Dropout and m.p == pytest.approx([0.3]) for m in trained)
     no_drop = deeprun.run(cpu(f"model={model}", "depth=3")).model
-    assert not any(isinstance(m, nn.Dropout) for m in no_drop.modules())
+    assert not any(isinstance(m, (nn.Dropout, stack.Dropout)) for m in no_drop.modules())
+    assert not any(isinstance(m, nn.Dropout) for m in deeprun.build_model(cpu(f"model={model}", "depth=3"),
+                                                                          deeprun.build_data(cfg, "cpu")).modules())
 
 
 def test_resnet_layers_in_forward_order():

@@ -65,9 +65,10 @@ def submitit_sweep(d: Path):
 
 @command
 def two_sweeps(d: Path):
-    """The basic and the joblib launcher on the same grid, started in the same directory at once."""
+    """The basic and the joblib launcher on the same grid, started in the same directory at once
+    (the batched launcher, -m's default, has tests/test_launcher.py)."""
     with ThreadPoolExecutor(2) as pool:
-        basic = pool.submit(run_cli, "-m", *TINY, *GRID, cwd=d)
+        basic = pool.submit(run_cli, "-m", *TINY, *GRID, "hydra/launcher=basic", cwd=d)
         joblib = pool.submit(run_cli, "-m", *TINY, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=d)
         return basic.result(), joblib.result()
 

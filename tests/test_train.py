@@ -1,11 +1,16 @@
 """The training loop against a hand-written PyTorch loop, and the records a run leaves behind.
 
 Conventions checked here (docs/records.md and deeprun/train.py): epoch 0 is the model
-at initialisation (epoch 1's first batch's loss and gradient, no step; epoch 1 steps with that gradient); epoch e >= 1 records the mean training loss of its steps,
-weighted by batch size; minibatches follow torch.randperm(n) of a generator
-seeded with cfg.seed, one permutation per epoch, and a trailing batch of one
-joins the one before; loss@<e> is epoch e's training loss; a NaN/Inf loss stops
-the run as `diverged`; records are written atomically.
+at initialisation, measured by a pass of its own (the loss and gradient of the first
+batch_size rows in their stored order, the whole set when full batch, in train mode; no
+step; BatchNorm's running statistics put back after it); epoch e >= 1 computes its own
+gradients and records the mean training loss of its steps, weighted by batch size;
+minibatches follow torch.randperm(n) of a generator seeded with cfg.seed, one permutation
+per epoch, and a trailing batch of one joins the one before; dropout draws its masks from
+another generator seeded with cfg.seed (torch.Generator().manual_seed(cfg.seed)), from
+epoch 0's pass on; the model is in train mode while training and in eval mode while
+validating; loss@<e> is epoch e's training loss; a NaN/Inf loss stops the run as
+`diverged`; records are written atomically.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import deeprun
+from deeprun import stack
 
 from conftest import tiny
 
@@ -53,6 +59,31 @@ def batches_by_hand(n: int, batch_size, gen: torch.Generator) -> list[torch.Tens
     if bounds[-1] - bounds[-2] == 1:  # a trailing batch of one joins the one before
         del bounds[-2]
     return [perm[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+class SeededDropout(nn.Module):
+    """The oracle's dropout: each forward in train mode keeps an element with probability 1 - p, drawn
+    from `generator` (the run's own, seeded with cfg.seed), and scales the kept ones by 1 / (1 - p)."""
+
+    def __init__(self, p: float, generator: torch.Generator):
+        super().__init__()
+        self.p, self.generator = p, generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        return x * keep / (1 - self.p)
+
+
+def seeded_dropout(model: nn.Module, seed: int) -> nn.Module:
+    """`model` with each nn.Dropout replaced by a SeededDropout drawing from one generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Dropout):
+                setattr(parent, name, SeededDropout(child.p, generator))
+    return model
 
 
 def same_state(a: dict, b: dict, atol: float = 0.0) -> bool:
@@ -120,16 +151,22 @@ def test_loss_curve_equals_a_hand_written_loop(batch_size):
 
 
 def test_batchnorm_dropout_minibatches_and_clipping_equal_a_hand_written_loop():
-    """Epoch 0's forward pass is epoch 1's first: BatchNorm statistics and dropout draws must come
-    out as if deeprun ran the plain loop, while epoch 0 is validated with the initial statistics."""
+    """Epoch 0 is a pass of its own on the first 16 rows, in train mode: it draws dropout masks from
+    the run's dropout generator (the first draws of it) and moves no BatchNorm statistic for good, so
+    epoch 0 is validated with the initial statistics and epochs 1.. go on as the plain loop does."""
     epochs, lr, clip = 3, 0.05, 0.5
     cfg = cpu("depth=2", "width=8", "norm=batch", "dropout=0.2", f"epochs={epochs}", "optimizer=sgd",
               "optimizer.momentum=0.9", f"lr={lr}", f"grad_clip={clip}", "batch_size=16")
     data = deeprun.build_data(cfg, "cpu")
-    model = deeprun.build_model(cfg, data)  # seeds torch's RNG as run does: the same dropout draws follow
+    model = seeded_dropout(deeprun.build_model(cfg, data), cfg.seed)
     with torch.no_grad():
         init_val = F.mse_loss(model.eval()(data.x_val), data.y_val).item()
     x, y, n = data.x_train, data.y_train, len(data.x_train)
+    init_state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():  # epoch 0: the first 16 rows as stored, train mode, no step
+        init_loss = F.mse_loss(model.train()(x[:16]), y[:16]).item()
+    assert not same_state(model.state_dict(), init_state)  # the pass moved the running statistics...
+    model.load_state_dict(init_state)  # ...which deeprun puts back
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(cfg.seed)
     losses = []
@@ -148,6 +185,7 @@ def test_batchnorm_dropout_minibatches_and_clipping_equal_a_hand_written_loop():
 
     result = deeprun.run(cfg)
     ep = result.epochs
+    assert ep.train_loss[0] == pytest.approx(init_loss, rel=1e-5)
     assert ep.val_loss[0] == pytest.approx(init_val, rel=1e-5)
     assert list(ep.train_loss[1:]) == pytest.approx(losses, rel=1e-5)
     assert same_state(result.model.state_dict(), model.state_dict(), atol=1e-5)  # BatchNorm buffers included
@@ -176,6 +214,37 @@ def test_epoch_0_is_the_model_at_init_and_grad_norm_is_before_clipping():
     # the step itself was clipped: the global update norm is at most lr * clip
     moved = sum((r * w) ** 2 for r, w in zip(at[1].update_ratio, at[0].weight_norm)) ** 0.5
     assert 0 < moved <= lr * clip * (1 + 1e-4)
+
+
+def test_epoch_0_is_the_first_rows_as_stored_and_epoch_1_computes_its_own_gradients():
+    """Minibatches: epoch 0's loss and grad_norm are those of the first batch_size rows, in their stored
+    order, at initialisation; epoch 1's grad_norm is the mean over its own steps of its shuffled batches'
+    gradient norms, not epoch 0's gradient again."""
+    lr, batch_size = 0.05, 16
+    cfg = cpu("optimizer=sgd", f"lr={lr}", f"batch_size={batch_size}", "epochs=1")
+    data = deeprun.build_data(cfg, "cpu")
+    model = deeprun.build_model(cfg, data)
+    x, y, n = data.x_train, data.y_train, len(data.x_train)
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    loss = F.mse_loss(model(x[:batch_size]), y[:batch_size])
+    loss.backward()
+    init_loss, init_grads = loss.item(), [w.grad.norm().item() for w in weights]
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    steps = []
+    for idx in batches_by_hand(n, batch_size, torch.Generator().manual_seed(cfg.seed)):
+        opt.zero_grad()
+        F.mse_loss(model(x[idx]), y[idx]).backward()
+        steps.append([w.grad.norm().item() for w in weights])
+        opt.step()
+    assert len(steps) == 4  # 51 rows: 16, 16, 16, 3
+    epoch_1 = [sum(column) / len(steps) for column in zip(*steps)]
+
+    result = deeprun.run(cfg)
+    at = {e: result.layers[result.layers.epoch == e] for e in (0, 1)}
+    assert result.epochs.train_loss[0] == pytest.approx(init_loss, rel=1e-5)
+    assert list(at[0].grad_norm) == pytest.approx(init_grads, rel=1e-5)
+    assert list(at[1].grad_norm) == pytest.approx(epoch_1, rel=1e-5)
+    assert epoch_1 != pytest.approx(init_grads, rel=1e-3)  # two different numbers: the comparison tells them apart
 
 
 def test_activation_stats_are_of_the_validation_set_after_the_epoch():
@@ -237,8 +306,8 @@ def test_ctrl_c_between_logged_epochs_keeps_every_finished_epoch(tmp_path, monke
         passes = iter(range(1, 10 ** 6))
 
         def hook(module, inputs):
-            # one training pass an epoch (epoch 1 reuses epoch 0's): the 23rd is epoch 23's
-            if len(inputs[0]) == 80 and next(passes) == 23:
+            # one training pass an epoch, epoch 0's included: the 24th is epoch 23's
+            if len(inputs[0]) == 80 and next(passes) == 24:
                 raise KeyboardInterrupt
         model.register_forward_pre_hook(hook)
         return model
@@ -290,14 +359,11 @@ def test_divergence_stops_the_run_and_is_recorded(tmp_path, every):
 
 # --- logging cadence and loss@ ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", ["flat", "per_layer"])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])  # fused, foreach (train.implementation)
-def test_update_ratio_spans_only_the_logged_epoch_when_probing_every_nth(monkeypatch, layout, optimizer):
+def test_update_ratio_spans_only_the_logged_epoch_when_probing_every_nth(optimizer):
     """log.every=3: the update ratio of logged epoch 3 is ||W_3 - W_2|| / ||W_2||, the one a run
     probing every epoch records, not a ratio reaching back to the last logged epoch (fused
     optimisers step without bumping the weights' version counters, so nothing may rely on them)."""
-    if layout == "per_layer":
-        monkeypatch.setattr("deeprun.probes.FLAT_LIMIT", 0)
     every_epoch, every_3rd = (deeprun.run(cpu("epochs=7", f"optimizer={optimizer}", f"log.every={n}")).layers
                               for n in (1, 3))
     assert sorted(set(every_3rd.epoch)) == [0, 3, 6, 7]
@@ -470,26 +536,57 @@ def test_device_threads_sets_torch_threads():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("overrides, switch", [
-    ([], False), (["norm=layer"], False), (["model=resnet", "norm=none"], False),
-    (["dropout=0.1"], True), (["norm=batch"], True), (["model=resnet"], True),
-])
-def test_mode_switch_only_where_a_module_reads_it(overrides, switch):
-    from deeprun.train import needs_mode_switch
+def test_a_users_module_sees_train_while_training_and_eval_while_validating(monkeypatch):
+    """A class deeprun does not know may read self.training: every training pass (epoch 0's too) runs
+    in train mode and every validation pass in eval mode, so its train and val losses are of two
+    different functions, each checked against the model run by hand."""
 
-    cfg = cpu(*overrides)
-    assert needs_mode_switch(deeprun.build_model(cfg, deeprun.build_data(cfg))) is switch
-
-
-def test_a_users_module_always_gets_train_and_eval():
-    """A class deeprun does not know may read self.training: the loop must switch modes for it."""
-    from deeprun.train import needs_mode_switch
+    calls = []  # (rows, self.training) of every forward pass
 
     class Reads(nn.Module):
         def forward(self, x):
+            calls.append((len(x), self.training))
             return x if self.training else -x
 
-    assert needs_mode_switch(nn.Sequential(nn.Linear(2, 2), Reads()))
+    build = deeprun.api.build_model
+    monkeypatch.setattr(deeprun.api, "build_model", lambda cfg, data: nn.Sequential(build(cfg, data), Reads()))
+    cfg = cpu("epochs=2", "optimizer=sgd", "lr=1e-12")  # the weights stay at init (to float32), the oracle's
+    data = deeprun.build_data(cfg, "cpu")
+    n_train, n_val = len(data.x_train), len(data.x_val)
+    assert len({n_train, n_val, 2}) == 3  # 2: the probes' look at the model's layers
+    result = deeprun.run(cfg)
+    assert result.summary["status"] == "completed", result.summary["error"]
+    assert [mode for rows, mode in calls if rows == n_train] == [True] * 3  # epochs 0, 1, 2
+    assert [mode for rows, mode in calls if rows == n_val] == [False] * 3
+    plain = build(cfg, data).eval()
+    with torch.no_grad():
+        train_loss = F.mse_loss(plain(data.x_train), data.y_train).item()  # no norm, no dropout: mode-free
+        val_loss = F.mse_loss(-plain(data.x_val), data.y_val).item()
+    assert list(result.epochs.train_loss) == pytest.approx([train_loss] * 3, rel=1e-5)
+    assert list(result.epochs.val_loss) == pytest.approx([val_loss] * 3, rel=1e-5)
+    assert train_loss != pytest.approx(F.mse_loss(-plain(data.x_train), data.y_train).item(), rel=1e-3)
+
+
+def test_trained_dropout_modules_draw_from_the_runs_own_generator(monkeypatch):
+    """A solo run's nn.Dropout modules become deeprun.stack.Dropout (same rate, same place) drawing from
+    torch.Generator().manual_seed(cfg.seed): torch's global generator is not what decides its masks."""
+    cfg = cpu("dropout=0.3", "depth=3", "epochs=2", "batch_size=16")
+    built = deeprun.build_model(cfg, deeprun.build_data(cfg, "cpu"))
+    result = deeprun.run(cfg)
+    built_places = [name for name, m in built.named_modules() if isinstance(m, nn.Dropout)]
+    trained = {name: m for name, m in result.model.named_modules() if isinstance(m, (nn.Dropout, stack.Dropout))}
+    assert list(trained) == built_places == ["drop0", "drop1", "drop2"]
+    assert all(type(m) is stack.Dropout and m.p == pytest.approx([0.3]) for m in trained.values())
+    build = deeprun.api.build_model
+
+    def build_then_reseed(cfg, data):
+        model = build(cfg, data)  # build_model seeds torch's global generator itself...
+        torch.manual_seed(12345)  # ...so move it after: training starts from another global state
+        return model
+    monkeypatch.setattr(deeprun.api, "build_model", build_then_reseed)
+    again = deeprun.run(cfg)
+    assert list(again.epochs.train_loss) == list(result.epochs.train_loss)
+    assert same_state(again.model.state_dict(), result.model.state_dict())
 
 
 def test_dropout_is_off_when_validating():
