@@ -105,6 +105,7 @@ def probe(build, x: torch.Tensor, protocol, members: int | None):
     solo = [probe(lambda seed, e=e: build(e), x, protocol, None) for e in range(members)]
     assert probes.names == Probes(build(0), x).names
     for e, (own, _, _) in enumerate(solo):
+        assert len(reads) == len(own)
         for i, (mine, theirs) in enumerate(zip(reads, own)):
             torch.testing.assert_close(mine[e], theirs, rtol=1e-5, atol=1e-7, equal_nan=True,
                                        msg=lambda m: f"member {e}, read {i}: {m}")
