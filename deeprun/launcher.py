@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import io
 import json
 import logging
@@ -129,6 +130,7 @@ class FastConfigLoader:
         return getattr(self.inner, name)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
+        _freeze_heap()  # the sweeper's check of a batch: the launch thaws it
         key = self._key(master_config, sweep_overrides)
         if key not in self._memo:
             self._memo[key] = self._derive(master_config, list(sweep_overrides))
@@ -143,7 +145,8 @@ class FastConfigLoader:
 
     @staticmethod
     def _key(master_config: DictConfig, sweep_overrides: Sequence[str]) -> tuple:
-        return (master_config.hydra.job.config_name, tuple(master_config.hydra.overrides.hydra), tuple(sweep_overrides))
+        hydra_overrides = OmegaConf.to_container(master_config.hydra.overrides.hydra)  # as typed: `${...}` unresolved
+        return master_config.hydra.job.config_name, tuple(hydra_overrides), tuple(sweep_overrides)
 
     def _derive(self, master_config: DictConfig, sweep_overrides: List[str]) -> tuple[DictConfig, Any]:
         """(config, a function making its task config, or None: copy the config without its hydra node)."""
@@ -299,6 +302,24 @@ def _plain_text(node: Any) -> bool:
     return True
 
 
+def _freeze_heap() -> None:
+    """gc.freeze(): the cyclic collector stops rescanning what already lives (torch, Hydra: most of the
+    heap) on every full collection while a sweep allocates its jobs' configs; 8 of 21 ms a job here."""
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN.append(True)
+
+
+def _thaw_heap() -> None:
+    """Back to normal collection: what became garbage meanwhile is collected as before."""
+    if _FROZEN:
+        gc.unfreeze()
+        _FROZEN.clear()
+
+
+_FROZEN: list = []
+
+
 # --- the launcher ----------------------------------------------------------------------------
 
 
@@ -345,6 +366,13 @@ class Batched:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        _freeze_heap()
+        try:
+            return self._launch(job_overrides, initial_job_idx)
+        finally:
+            _thaw_heap()
+
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -488,6 +516,8 @@ class Batched:
         try:
             with env_override(OmegaConf.to_container(first.hydra.job.env_set)):
                 summaries = run_group([job.cfg for job in group], [job.out for job in group], threads=None)
+        except Exception as e:  # run_group should not raise (a record it could not write, say): the sweep goes on
+            summaries = [_record_lost(job.out, f"{type(e).__name__}: {e}") for job in group]
         finally:
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         self._finish(group, summaries, top)
@@ -597,7 +627,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _record_lost(out: Path, why: str) -> dict:
-    """A job whose task died before its record was final: the record says `failed`, with why."""
+    """A job whose group ended without its final record (a submitit task killed, run_group raising): the
+    record says `failed`, with why; a record that is final stays as it is."""
     from .records import FINISHED, SUMMARY, write_summary
 
     summary: dict = {}

@@ -45,7 +45,7 @@ def member_norms(tensors: list[torch.Tensor], members: int | None) -> torch.Tens
     all normed by one foreach kernel."""
     if members is None:
         return torch.stack(torch._foreach_norm(tensors)).unsqueeze(1)
-    return torch.stack([torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim()))) for t in tensors])
+    return torch.stack([torch.linalg.vector_norm(t.reshape(len(t), -1), dim=1) for t in tensors])
 
 
 class Logged(NamedTuple):
@@ -66,11 +66,14 @@ class Probes:
     def __init__(self, model: nn.Module, probe_x: torch.Tensor, members: int | None = None):
         self.model, self.members = model, members
         self.size = members or 1
-        order, acts = self._trace(probe_x[:, :2] if members else probe_x[:2])
+        order, acts, calls = self._trace(probe_x[:, :2] if members else probe_x[:2])
         self.names = list(order)
         self.weights = [m.weight for m in order.values()]
-        # the activation that follows each layer: (module, its kind, the layer's index), first call only
-        self.acts = acts
+        # the activation call that first follows each layer: (its index among a pass's activation calls,
+        # its kind, the layer's index); one module may be called after several layers
+        self.acts = [(k, kind, layer) for k, (kind, layer) in acts.items()]
+        self._act_modules = list({m: None for m in self.model.modules() if isinstance(m, ACTIVATION_MODULES)})
+        self._calls = calls
         self._before = [w.detach().clone() for w in self.weights]  # W at the start of the probed epoch
         self._device = self.weights[0].device if self.weights else probe_x.device
         self._captured: list[torch.Tensor] = []
@@ -78,11 +81,13 @@ class Probes:
         self.steps = 0
 
     @torch.no_grad()
-    def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], list[tuple[nn.Module, str, int]]]:
-        """Weight layers in forward order, and the first activation module called after each."""
+    def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], dict[int, tuple[str, int]], int]:
+        """Weight layers in forward order; the activation calls that first follow a layer (call index ->
+        (kind, layer)); the number of activation calls in a pass."""
         named = {m: name for name, m in self.model.named_modules() if isinstance(m, WEIGHT_LAYERS + _stacked_layers())}
         called: dict[str, nn.Module] = {}
-        acts: list[tuple[nn.Module, str, int]] = []
+        acts: dict[int, tuple[str, int]] = {}
+        calls = [0]
 
         def on_layer(m, inp, out):
             called.setdefault(named[m], m)
@@ -90,8 +95,9 @@ class Probes:
         on_layer.last = -1
 
         def on_act(m, inp, out):
-            if on_layer.last >= 0 and all(layer != on_layer.last for _, _, layer in acts):
-                acts.append((m, _kind(m), on_layer.last))
+            if on_layer.last >= 0 and all(layer != on_layer.last for _, layer in acts.values()):
+                acts[calls[0]] = (_kind(m), on_layer.last)
+            calls[0] += 1
 
         handles = [m.register_forward_hook(on_layer) for m in named]
         handles += [m.register_forward_hook(on_act) for m in self.model.modules() if isinstance(m, ACTIVATION_MODULES)]
@@ -105,7 +111,7 @@ class Probes:
                 h.remove()
         for m, name in named.items():  # never called in forward: last, in registration order
             called.setdefault(name, m)
-        return called, acts
+        return called, acts, calls[0]
 
     # --- gradients and weights -------------------------------------------------
 
@@ -130,9 +136,9 @@ class Probes:
         """Keep the followed activations' outputs of the forward pass inside the block, (E, B, ...) each."""
         self._captured = []
 
-        def take(module, inp, out):  # under no_grad: nothing to detach
-            self._captured.append(out)
-        handles = [m.register_forward_hook(take) for m, _, _ in self.acts]
+        def take(module, inp, out):  # validation runs under no_grad: nothing to detach there
+            self._captured.append(out.detach() if out.requires_grad else out)
+        handles = [m.register_forward_hook(take) for m in self._act_modules]
         try:
             yield
         finally:
@@ -166,7 +172,7 @@ class Probes:
                 parts = [torch.cat([grads, member_norms([*diffs, *self.weights, *self._before], e)])]
             else:
                 parts = [grads] * 4
-            captured = self._captured if len(self._captured) == len(self.acts) else []
+            captured = [self._captured[k] for k, _, _ in self.acts] if len(self._captured) == self._calls else []
             member_first = (lambda a: a) if self.members else (lambda a: a.unsqueeze(1))  # solo: E = 1
             self._shapes = tuple((self.size, *a.shape[1 if self.members else 0:]) for a in captured)
             for idx in self._groups(self._shapes):

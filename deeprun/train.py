@@ -104,7 +104,7 @@ def build_optimizer(cfgs: list[DictConfig], net: nn.Module, stacked: bool):
         else:
             runs.append((e, e + 1))
     params = [p for p in net.parameters() if p.requires_grad]
-    how = implementation(c.name, count_params(net))
+    how = implementation(c.name, count_params(net) // len(cfgs))  # a member's size: a solo run's choice
     make = lookup(OPTIMIZERS, c.name, "optimizer")
     if len(runs) == 1:
         return make([{"params": params, **options[0]}], c, how), lambda: None, [0] * len(cfgs)

@@ -35,7 +35,7 @@ FAMILIES = {
                 ["seed=3", "grad_clip=null"]]),
     "resnet": (["model=resnet", "depth=3", "width=16", "batch_size=32", "optimizer=adam", "epochs=10",
                 "data.n=100", "model.residual_scale=rezero"],
-               [["seed=0"], ["seed=1", "lr=0.003"], ["seed=2", "init=orthogonal"]]),
+               [["seed=0"], ["seed=1", "lr=0.003", "grad_clip=1.0"], ["seed=2", "init=orthogonal"]]),
     "cnn": (["model=cnn", "data=images", "data.n=48", "data.image_size=8", "depth=3", "width=4", "batch_size=16",
              "optimizer=sgd", "lr=0.05", "epochs=4"],
             [["seed=0"], ["seed=1", "lr=0.02"], ["seed=2", "init=kaiming_uniform"]]),
