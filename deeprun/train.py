@@ -193,7 +193,7 @@ def evaluate(net: nn.Module, data: Data, validation: Validation, members: int, p
     with torch.no_grad():
         x = data.x_val if validation.size else data.x_train[:EVAL_CHUNK]
         preds = []
-        for i, xb in enumerate(x.split(EVAL_CHUNK)):
+        for i, xb in enumerate(x.split(EVAL_CHUNK) if len(x) > EVAL_CHUNK else [x]):
             with probes.capture() if probes is not None and i == 0 else contextlib.nullcontext():
                 preds.append(net(xb.expand(members, *xb.shape)))
         if not validation.size:
@@ -226,15 +226,14 @@ def train(models: list[nn.Module], data: Data, cfgs: list[DictConfig], histories
     x, y, n = data.x_train, data.y_train, len(data.x_train)
     pending: list[tuple] = []  # (epoch, train losses (E,), validation.raw() (E, size), lrs, seconds) awaiting a sync
 
-    def members(t: torch.Tensor, idx: Optional[torch.Tensor]) -> torch.Tensor:
-        """Each member's rows of `t`: (E, B, ...)."""
-        return t.expand(n_members, *t.shape) if idx is None else t[idx]
+    every_x, every_y = x.expand(n_members, *x.shape), y.expand(n_members, *y.shape)  # views: full batch
+    ones = torch.ones(n_members, device=x.device)
 
     def step(xb: torch.Tensor, yb: torch.Tensor, probing: bool, update: bool = True) -> torch.Tensor:
         for p in params:
             p.grad = None
         losses = member_loss(net(xb), yb)  # (E,)
-        losses.sum().backward()  # members share no weights: each gets its own loss's gradient
+        losses.backward(ones)  # the gradient of their sum: members share no weights, each gets its own loss's
         bind_grads()
         if probing:
             probes.after_backward()
@@ -254,13 +253,13 @@ def train(models: list[nn.Module], data: Data, cfgs: list[DictConfig], histories
             if epoch == 0:  # at initialisation: the first batch's loss and gradient, no step, buffers kept
                 buffers = [b.clone() for b in net.buffers()]
                 first = slice(0, cfg.batch_size)
-                train_loss = step(members(x[first], None), members(y[first], None), probing, update=False)
+                train_loss = step(every_x[:, first], every_y[:, first], probing, update=False)
                 for b, saved in zip(net.buffers(), buffers):
                     b.copy_(saved)
             elif (batches := member_batches(n, cfg.batch_size, shuffles, x.device)) is None:
-                train_loss = step(members(x, None), members(y, None), probing)
+                train_loss = step(every_x, every_y, probing)
             else:  # the mean over samples, not over batches: a short last batch weighs less
-                train_loss = sum(step(members(x, idx), members(y, idx), probing) * (idx.shape[1] / n) for idx in batches)
+                train_loss = sum(step(x[idx], y[idx], probing) * (idx.shape[1] / n) for idx in batches)
             val_raw = evaluate(net, data, validation, n_members, probes if probing else None)
             lrs = [g["lr"] for g in optimizer.param_groups]
             if epoch > 0 and scheduler is not None:
