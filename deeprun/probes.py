@@ -31,6 +31,7 @@ from .records import LAYER_COLUMNS
 RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.ReLU6, nn.PReLU, nn.CELU, nn.RReLU)
 ACTIVATION_MODULES = (*RELU_FAMILY, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
 TAILS = {"tanh": lambda a: a.abs() > 0.99, "sigmoid": lambda a: (a < 0.01) | (a > 0.99)}  # saturated_frac
+BIG = 1 << 20  # values in an activation above which it is reduced as it comes (`Reduced`)
 
 
 def _kind(module: nn.Module) -> str:
@@ -46,6 +47,27 @@ def member_norms(tensors: list[torch.Tensor], members: int | None) -> torch.Tens
     if members is None:
         return torch.stack(torch._foreach_norm(tensors)).unsqueeze(1)
     return torch.stack([torch.linalg.vector_norm(t.reshape(len(t), -1), dim=1) for t in tensors])
+
+
+class Reduced(NamedTuple):
+    """A big activation's statistics, taken as it leaves the forward pass: keeping a deep, wide net's
+    activations to the read would hold them all in memory at once (and stacking them, twice)."""
+
+    shape: tuple  # (E, B, C, ...)
+    total: torch.Tensor  # (E,) sum
+    root: torch.Tensor  # (E,) L2 norm
+    positive: torch.Tensor  # (E, C) each unit's sum of positive parts
+    tail: torch.Tensor  # (E,) count in its own kind's flat tails (tanh / sigmoid), else 0
+
+
+def activation_stats(s: torch.Tensor, kinds) -> list[torch.Tensor]:
+    """For G same-shaped activations stacked as (G, E, B, C, ...): sum (G, E), root of the sum of squares
+    (G, E) (the host makes mean and std of them), each unit's sum of positive parts (G, E, C; zero: never
+    positive on any sample) and, for each of tanh / sigmoid in `kinds`, tail counts (G, E)."""
+    s = s.flatten(4) if s.dim() > 4 else s  # (G, E, B, C[, H*W])
+    over, per_unit = tuple(range(2, s.dim())), (2, 4) if s.dim() > 4 else 2
+    stats = [s.sum(over), torch.linalg.vector_norm(s, dim=over), s.clamp(min=0).sum(per_unit)]
+    return stats + [TAILS[kind](s).sum(over).float() for kind in ("tanh", "sigmoid") if kind in kinds]
 
 
 class Logged(NamedTuple):
@@ -137,7 +159,13 @@ class Probes:
         self._captured = []
 
         def take(module, inp, out):  # validation runs under no_grad: nothing to detach there
-            self._captured.append(out.detach() if out.requires_grad else out)
+            a = out.detach() if out.requires_grad else out
+            a = a if self.members else a.unsqueeze(0)  # (E, B, C, ...)
+            if a.numel() > BIG:
+                kind = _kind(module)
+                total, root, positive, *tail = [t[0] for t in activation_stats(a.unsqueeze(0), {kind})]
+                a = Reduced(tuple(a.shape), total, root, positive, tail[0] if tail else torch.zeros_like(total))
+            self._captured.append(a)
         handles = [m.register_forward_hook(take) for m in self._act_modules]
         try:
             yield
@@ -159,9 +187,7 @@ class Probes:
         own and read in one sync; `table` turns them into rows.
 
         Layout, each (L, E) member-last: grad norm sums, ||W_after - W_before||, ||W_after||,
-        ||W_before||; then per group of same-shaped activations (G, E, B, C, ...): sum (G, E), root
-        of the sum of squares (G, E), each unit's sum of positive parts (G, E, C; zero: never
-        positive on any sample) and, when the group holds tanh / sigmoid layers, tail counts (G, E).
+        ||W_before||; then per group of same-shaped activations, `activation_stats`.
         """
         with torch.no_grad():
             e = self.members
@@ -173,17 +199,19 @@ class Probes:
             else:
                 parts = [grads] * 4
             captured = [self._captured[k] for k, _, _ in self.acts] if len(self._captured) == self._calls else []
-            member_first = (lambda a: a) if self.members else (lambda a: a.unsqueeze(1))  # solo: E = 1
-            self._shapes = tuple((self.size, *a.shape[1 if self.members else 0:]) for a in captured)
+            self._shapes = tuple(tuple(a.shape) for a in captured)
             for idx in self._groups(self._shapes):
-                s = member_first(torch.stack([captured[i] for i in idx]))  # (G, E, B, C, ...)
-                s = s.flatten(4) if s.dim() > 4 else s  # (G, E, B, C[, H*W])
-                over, per_unit = tuple(range(2, s.dim())), (2, 4) if s.dim() > 4 else 2
-                parts += [s.sum(over), torch.linalg.vector_norm(s, dim=over), s.clamp(min=0).sum(per_unit)]
-                kinds = {self.acts[i][1] for i in idx}
-                parts += [TAILS[kind](s).sum(over) for kind in ("tanh", "sigmoid") if kind in kinds]
+                kinds = [self.acts[i][1] for i in idx]
+                if isinstance(captured[idx[0]], Reduced):  # a group is all big or all small: they share a shape
+                    group = [captured[i] for i in idx]
+                    parts += [torch.stack([r.total for r in group]), torch.stack([r.root for r in group]),
+                              torch.stack([r.positive for r in group])]
+                    parts += [torch.stack([r.tail if k == kind else torch.zeros_like(r.tail) for r, k in zip(group, kinds)])
+                              for kind in ("tanh", "sigmoid") if kind in kinds]
+                else:
+                    parts += activation_stats(torch.stack([captured[i] for i in idx]), kinds)
             self._captured = []
-            return [p.flatten() if p.is_floating_point() else p.flatten().float() for p in parts]
+            return [p.flatten() for p in parts]
 
     def logged(self, epoch: int, raw: list[float]) -> Logged:
         """The epoch's numbers as `collect` laid them out, read to the host, with what reading them needs."""

@@ -133,3 +133,26 @@ def test_group_keys_split_on_shapes_and_join_on_member_keys():
     assert all(stack.group_key(c) != stack.group_key(base) for c in other)
     assert stack.group_key(tiny("scheduler=plateau", "device=cpu")) is None
     assert "plateau" in stack.why_alone(tiny("scheduler=plateau", "device=cpu"))
+
+
+@pytest.mark.parametrize("family, act", [("mlp_bn", "relu"), ("cnn", "relu"), ("model_d", "tanh"), ("model_d", "sigmoid")])
+def test_big_activations_reduced_as_they_come_give_the_same_numbers(family, act, monkeypatch):
+    """Activations above probes.BIG values are reduced in the forward hook (memory); the numbers are the same."""
+    shared, members = FAMILIES[family]
+    cfgs = [tiny(*shared, *own, "device=cpu", "epochs=2", f"act={act}") for own in members[:2]]
+    kept = api.run(cfgs[0]).layers
+    monkeypatch.setattr("deeprun.probes.BIG", 0)
+    reduced = api.run(cfgs[0]).layers
+    assert reduced.act_mean.notna().any()
+    assert (reduced.saturated_frac if act != "relu" else reduced.dead_frac).notna().any()
+    assert_close(kept, reduced, f"{family}: solo, reduced as they come")
+
+
+def test_big_activations_in_a_stack(monkeypatch, tmp_path):
+    shared, members = FAMILIES["cnn"]
+    cfgs = [tiny(*shared, *own, "device=cpu", "epochs=2") for own in members[:2]]
+    api.run_group(cfgs, [tmp_path / "a0", tmp_path / "a1"])
+    monkeypatch.setattr("deeprun.probes.BIG", 0)
+    api.run_group(cfgs, [tmp_path / "b0", tmp_path / "b1"])
+    for i in range(2):
+        assert_close(read_run(tmp_path / f"a{i}")[2], read_run(tmp_path / f"b{i}")[2], f"member {i}")
