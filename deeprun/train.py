@@ -223,6 +223,8 @@ def train(models: list[nn.Module], data: Data, cfgs: list[DictConfig], histories
         h.probes, h.member = probes, e
     shuffles = [torch.Generator().manual_seed(c.seed) for c in cfgs]
     clips = [c.grad_clip for c in cfgs]
+    clipping = any(c is not None for c in clips)
+    epochs, every, batch_size = cfg.epochs, cfg.log.every, cfg.batch_size  # plain numbers: a config lookup costs a kernel's time
     x, y, n = data.x_train, data.y_train, len(data.x_train)
     pending: list[tuple] = []  # (epoch, train losses (E,), validation.raw() (E, size), lrs, seconds) awaiting a sync
 
@@ -238,25 +240,25 @@ def train(models: list[nn.Module], data: Data, cfgs: list[DictConfig], histories
         if probing:
             probes.after_backward()
         if update:
-            if any(c is not None for c in clips):
+            if clipping:
                 clip_members(params, clips, stacked)
             optimizer.step()
         return losses.detach()
 
     try:
-        for epoch in range(cfg.epochs + 1):
+        for epoch in range(epochs + 1):
             t0 = time.perf_counter()
-            probing = epoch % cfg.log.every == 0 or epoch == cfg.epochs
+            probing = epoch % every == 0 or epoch == epochs
             if probing:
                 probes.start_epoch()
             net.train()
             if epoch == 0:  # at initialisation: the first batch's loss and gradient, no step, buffers kept
                 buffers = [b.clone() for b in net.buffers()]
-                first = slice(0, cfg.batch_size)
+                first = slice(0, batch_size)
                 train_loss = step(every_x[:, first], every_y[:, first], probing, update=False)
                 for b, saved in zip(net.buffers(), buffers):
                     b.copy_(saved)
-            elif (batches := member_batches(n, cfg.batch_size, shuffles, x.device)) is None:
+            elif (batches := member_batches(n, batch_size, shuffles, x.device)) is None:
                 train_loss = step(every_x, every_y, probing)
             else:  # the mean over samples, not over batches: a short last batch weighs less
                 train_loss = sum(step(x[idx], y[idx], probing) * (idx.shape[1] / n) for idx in batches)
