@@ -59,7 +59,8 @@ def _app(cfg: DictConfig) -> Optional[float]:
 
 def _sweep_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
     """One job of a sweep: runs and records itself, never raises (unless strict=true), and returns
-    the objective for a sweeper such as Optuna."""
+    the objective for a sweeper such as Optuna. Hydra's launchers (basic, joblib, submitit) call it
+    once per job; the batched launcher, -m's default, trains its groups itself (deeprun/launcher.py)."""
     from .records import config_key
 
     out, top, num = Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.sweep.dir), hydra_cfg.job.num

@@ -37,9 +37,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, filter_overrides, setup_globals
 from hydra.types import HydraContext, RunMode, TaskFunction
-import yaml
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper
+import yaml
 
 from . import sweep
 from .config import ConfigError
@@ -118,10 +118,10 @@ class FastConfigLoader:
         self.inner = inner
         self.compositions = 0  # Hydra compositions so far (tests)
         self._parser = OverridesParser.create()
-        self._templates: dict[tuple, _Template] = {}
+        self._templates: dict[tuple, tuple[_Template, _Template]] = {}  # (whole config, task config) per structure
         self._repos: dict[tuple, Any] = {}
         self._parsed: dict[str, Override] = {}
-        self._memo: dict[tuple, DictConfig] = {}
+        self._memo: dict[tuple, tuple[DictConfig, Any]] = {}  # overrides -> _derive's result, until the launch takes it
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
         self._fast = isinstance(inner, ConfigLoaderImpl)  # the private methods used below are that class's
@@ -255,11 +255,11 @@ _CDumper.add_representer(str, OmegaConfDumper.str_representer)
 def to_yaml(node: Any) -> str:
     """OmegaConf.to_yaml's text, byte for byte, in a fraction of the time.
 
-    libyaml emits a block when its strings are all printable ASCII and its keys short (there the
-    two emitters agree; they differ on escapes, astral characters, keys over 128 characters);
-    else OmegaConf's own dumper does, and its text is kept: the blocks that need it (Hydra's help
-    texts) are the same in every job. A mapping's YAML is its keys' blocks one after another, so
-    each top-level key (each key under `hydra:` for hydra.yaml) is a block of its own."""
+    A mapping's YAML is its keys' blocks one after another, so each top-level key (each key under
+    `hydra:` for hydra.yaml) is a block of its own, emitted once per sweep where jobs share it.
+    libyaml emits a block whose strings are all printable ASCII and whose keys are short (there
+    the two emitters agree; they differ on escapes, astral characters, keys over 128 characters);
+    OmegaConf's own dumper the others."""
     container = OmegaConf.to_container(node, resolve=False, enum_to_str=True)
     if not isinstance(container, dict) or not container:
         return _dump(container)
@@ -272,17 +272,15 @@ def to_yaml(node: Any) -> str:
     return "".join(_block({k: v}) for k, v in container.items())
 
 
-_BLOCKS: dict[str, str] = {}  # repr of a block that libyaml cannot emit -> its YAML
+_BLOCKS: dict[str, str] = {}  # repr of a block -> its YAML: most of a job's blocks are every job's (help, logging)
 
 
 def _block(block: dict) -> str:
-    if _plain_text(block):
-        return _dump(block, _CDumper)
     key = repr(block)
     if key not in _BLOCKS:
-        if len(_BLOCKS) > 256:  # bounded: a sweep's few distinct help texts, not every job's paths
+        if len(_BLOCKS) > 1024:  # bounded: the blocks that differ per job (job, runtime) pile up
             _BLOCKS.clear()
-        _BLOCKS[key] = _dump(block)
+        _BLOCKS[key] = _dump(block, _CDumper if _plain_text(block) else None)
     return _BLOCKS[key]
 
 
@@ -504,7 +502,7 @@ class Batched:
         callbacks = getattr(self.hydra_context.callbacks, "callbacks", None)
         if callbacks is None:  # not Hydra's Callbacks: call it, whatever it is
             return True
-        return any(getattr(type(c), hook, None) is not getattr(Callback, hook) for c in callbacks)
+        return any(getattr(type(c), hook, None) not in (None, getattr(Callback, hook)) for c in callbacks)
 
     def _run_here(self, group: List[_Job], top: Path) -> None:
         self._start(group)
@@ -588,8 +586,8 @@ class Batched:
         executor = self._executor()  # before any job directory: off a cluster, nothing is left behind
         for group in groups:
             self._start(group)
-        tasks = executor.map_array(_train_group, [[job.cfg for job in g] for g in groups],
-                                   [[str(job.out) for job in g] for g in groups])
+        tasks = executor.map_array(_train_group, [[job.cfg for job in g] for g in groups],  # absolute: a node's cwd
+                                   [[str(job.config.hydra.runtime.output_dir) for job in g] for g in groups])
         log.info(f"submitit {self.submitit} tasks: {', '.join(t.job_id for t in tasks)} (in {top / '.submitit'})")
         by_task = {id(t): g for t, g in zip(tasks, groups)}
         try:
