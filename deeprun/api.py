@@ -60,7 +60,15 @@ def run_group(cfgs: list[DictConfig], out_dirs: list[str | Path], threads: Optio
     in its out_dir, exactly as `run` writes them. Returns each job's summary, in order. A job that
     fails is recorded `failed` and the others go on; Ctrl-C records the unfinished ones
     `interrupted` and then raises KeyboardInterrupt."""
-    jobs = [_Job(cfg, out) for cfg, out in zip(cfgs, out_dirs)]
+    jobs: list[_Job] = []
+    try:
+        for cfg, out in zip(cfgs, out_dirs):
+            jobs.append(_Job(cfg, out))
+    except KeyboardInterrupt:  # before training: the records made so far say so
+        for j in jobs:
+            j.status, j.error = "interrupted", "KeyboardInterrupt"
+            j.result(1)
+        raise
     # members of equal optimiser settings side by side: each run of them is one param group
     order = sorted(range(len(jobs)), key=lambda i: json.dumps(_options(cfgs[i]), sort_keys=True, default=str))
     _train_jobs([jobs[i] for i in order], job, threads, alone=False)
@@ -132,12 +140,14 @@ def _train_jobs(jobs: list[_Job], job: Optional[int], threads: Optional[int], al
         if live:
             cfg = live[0].cfg
             device = resolve_device(cfg.device.name, job if cfg.device.spread else None)
+            for j in live:
+                j.row["device"] = str(device)
             data = build_data(cfg, device)
             for j in list(live):
                 try:
                     j.history.metric = data.metric
                     j.model = build_model(j.cfg, data)
-                    j.row.update(device=str(device), task=data.task, n_classes=data.n_classes,
+                    j.row.update(task=data.task, n_classes=data.n_classes,
                                  loss_units=data.loss_units, params=count_params(j.model),
                                  rows_dropped=data.rows_dropped)  # data.missing=drop
                     _checkpoint(j.out, j.cfg, "init", j.model)
@@ -170,7 +180,14 @@ def _train_jobs(jobs: list[_Job], job: Optional[int], threads: Optional[int], al
                 raise OutOfMemory(ooms[0]) from None
             raise
     finally:
-        results = [j.result(len(live) or 1) for j in jobs]
+        results, unwritten = [], None
+        for j in jobs:  # every job's records, even when one's cannot be written (a full disk)
+            try:
+                results.append(j.result(len(live) or 1))
+            except OSError as e:
+                unwritten = unwritten or e
+        if unwritten is not None:
+            raise unwritten
     return results
 
 

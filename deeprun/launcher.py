@@ -38,8 +38,6 @@ from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, filter_overrides, setup_globals
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
-from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper
-import yaml
 
 from . import sweep
 from .config import ConfigError
@@ -245,61 +243,6 @@ def _hydra_view(config: DictConfig) -> DictConfig:
     return view
 
 
-class _CDumper(yaml.CDumper if getattr(yaml, "__with_libyaml__", False) else yaml.Dumper):
-    """OmegaConf's YAML dumper with libyaml's emitter (PyYAML's, where libyaml is absent)."""
-
-
-_CDumper.add_representer(str, OmegaConfDumper.str_representer)
-
-
-def to_yaml(node: Any) -> str:
-    """OmegaConf.to_yaml's text, byte for byte, in a fraction of the time.
-
-    A mapping's YAML is its keys' blocks one after another, so each top-level key (each key under
-    `hydra:` for hydra.yaml) is a block of its own, emitted once per sweep where jobs share it.
-    libyaml emits a block whose strings are all printable ASCII and whose keys are short (there
-    the two emitters agree; they differ on escapes, astral characters, keys over 128 characters);
-    OmegaConf's own dumper the others."""
-    container = OmegaConf.to_container(node, resolve=False, enum_to_str=True)
-    if not isinstance(container, dict) or not container:
-        return _dump(container)
-    if len(container) == 1:
-        (top, inner), = container.items()
-        if isinstance(inner, dict) and inner:
-            head, blocks = f"{top}:\n", [_block({top: {k: v}}) for k, v in inner.items()]
-            if all(b.startswith(head) for b in blocks):  # `hydra:` as such, not quoted or a `? ` key
-                return head + "".join(b[len(head):] for b in blocks)
-    return "".join(_block({k: v}) for k, v in container.items())
-
-
-_BLOCKS: dict[str, str] = {}  # repr of a block -> its YAML: most of a job's blocks are every job's (help, logging)
-
-
-def _block(block: dict) -> str:
-    key = repr(block)
-    if key not in _BLOCKS:
-        if len(_BLOCKS) > 1024:  # bounded: the blocks that differ per job (job, runtime) pile up
-            _BLOCKS.clear()
-        _BLOCKS[key] = _dump(block, _CDumper if _plain_text(block) else None)
-    return _BLOCKS[key]
-
-
-def _dump(container: Any, dumper: Any = None) -> str:
-    return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False,
-                     Dumper=dumper or get_omega_conf_dumper())
-
-
-def _plain_text(node: Any) -> bool:
-    if isinstance(node, str):
-        return node.isascii() and node.isprintable()
-    if isinstance(node, dict):
-        return all((not isinstance(k, str) or len(k) <= 64 and _plain_text(k)) and _plain_text(v)
-                   for k, v in node.items())
-    if isinstance(node, list):
-        return all(_plain_text(v) for v in node)
-    return True
-
-
 def _freeze_heap() -> None:
     """gc.freeze(): the cyclic collector stops rescanning what already lives (torch, Hydra: most of the
     heap) on every full collection while a sweep allocates its jobs' configs; 8 of 21 ms a job here."""
@@ -443,7 +386,7 @@ class Batched:
             for name, node in (("config.yaml", job.cfg), ("hydra.yaml", job.hydra_cfg),
                                ("overrides.yaml", config.hydra.overrides.task)):
                 with open(hydra_dir / name, "w", encoding="utf-8") as f:
-                    f.write(to_yaml(node))
+                    f.write(OmegaConf.to_yaml(node))
 
     def _job_return(self, job: _Job) -> JobReturn:
         ret = JobReturn()
@@ -513,7 +456,7 @@ class Batched:
         configure_log(first.hydra.job_logging, first.hydra.verbose)  # as run_job does around the task
         try:
             with env_override(OmegaConf.to_container(first.hydra.job.env_set)):
-                summaries = run_group([job.cfg for job in group], [job.out for job in group], threads=None)
+                summaries = run_group([job.cfg for job in group], [job.out for job in group], threads=None, job=group[0].idx)
         except Exception as e:  # run_group should not raise (a record it could not write, say): the sweep goes on
             summaries = [_record_lost(job.out, f"{type(e).__name__}: {e}") for job in group]
         finally:

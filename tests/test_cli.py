@@ -297,7 +297,7 @@ def test_resnet_depth_100(resnet_run):
     s = read_summary(d)
     assert s["status"] == "completed"
     assert (s["model"], s["depth"], s["act"], s["init"], s["norm"]) == ("resnet", 100, "leaky_relu", "kaiming_normal", "batch")
-    block = 2 * (8 * 8 + 8) + 2 * (2 * 8)  # two Linear(8, 8) and two BatchNorm1d(8)
+    block = 2 * (8 * 8) + 2 * (2 * 8)  # two Linear(8, 8), both feeding BatchNorm (no bias), and two BatchNorm1d(8)
     assert s["params"] == (3 * 8 + 8) + 100 * block + (8 + 1)
     layers = pd.read_csv(d / "layers.csv")
     expected = ["stem", *(f"blocks.{i}.f.fc{j}" for i in range(100) for j in (1, 2)), "head"]

@@ -284,13 +284,6 @@ def test_a_job_directory_is_what_hydras_run_job_writes(tmp_path):
             assert OmegaConf.to_container(job.hydra_cfg) == OmegaConf.to_container(ret.hydra_cfg)
 
 
-def test_to_yaml_is_omegaconfs_byte_for_byte():
-    cfg = OmegaConf.create({"a": {"b": ["x y", "1", "true", "ü", "tab\there", "long " * 30, "😀", "\x85"]},
-                            "help": "line one\nline two\n", "k" * 130: 1, "n": None, "e": {}, "l": []})
-    for node in [cfg, cfg.a, OmegaConf.create({"hydra": cfg}), OmegaConf.create({"y": {"x": 1}}), cfg.a.b] * 2:
-        assert launcher.to_yaml(node) == OmegaConf.to_yaml(node)  # the second time from its cache of blocks
-
-
 # --- interruptions ------------------------------------------------------------------------------
 
 SLOW = ["seed=0,1", "depth=1,2", "width=4", "data.n=32", "log.every=500", "hydra.sweep.dir=S"]
