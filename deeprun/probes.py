@@ -41,21 +41,25 @@ def _kind(module: nn.Module) -> str:
     return {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}.get(type(module), "plain")
 
 
-def member_norms(tensors: list[torch.Tensor], members: int | None) -> torch.Tensor:
-    """(len(tensors), E): each tensor's L2 norm per member. `members` None: solo tensors (E = 1),
-    all normed by one foreach kernel. Stacked: small tensors of one shape are stacked and normed by
-    one kernel (a deep net's layers share a shape: a kernel each would cost more than the work)."""
-    if members is None:
-        return torch.stack(torch._foreach_norm(tensors)).unsqueeze(1)
+def norm_plan(tensors: list[torch.Tensor]) -> tuple[list[list[int]], torch.Tensor | None]:
+    """How member_norms reduces these tensors: indices of small tensors of one shape (stacked and normed
+    by one kernel: a deep net's layers share a shape, and a kernel each would cost more than the work),
+    and the index that puts the groups' norms back in the tensors' order (None: already in it)."""
     by_shape: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
         by_shape.setdefault(tuple(t.shape) if t.numel() <= BIG else (i,), []).append(i)
-    norms = torch.cat([torch.linalg.vector_norm(torch.stack([tensors[i] for i in idx]).reshape(len(idx), members, -1), dim=2)
-                       for idx in by_shape.values()])  # (L, E), grouped by shape
     order = [i for idx in by_shape.values() for i in idx]
-    if order == list(range(len(tensors))):
-        return norms
-    return norms[torch.tensor(np.argsort(order), device=norms.device)]  # back to the tensors' order
+    inverse = None if order == list(range(len(tensors))) else torch.tensor(np.argsort(order), device=tensors[0].device)
+    return list(by_shape.values()), inverse
+
+
+def member_norms(tensors: list[torch.Tensor], members: int | None, plan=None) -> torch.Tensor:
+    """(len(tensors), E): each tensor's L2 norm per member (`members` None: solo tensors, E = 1);
+    `plan`: norm_plan(tensors), made once for tensors whose shapes do not change."""
+    groups, inverse = plan or norm_plan(tensors)
+    norms = torch.cat([torch.linalg.vector_norm(torch.stack([tensors[i] for i in idx]).reshape(len(idx), members or 1, -1),
+                                                dim=2) for idx in groups])
+    return norms if inverse is None else norms[inverse]
 
 
 class Reduced(NamedTuple):
@@ -107,6 +111,7 @@ class Probes:
         self._calls = calls
         self._before = [w.detach().clone() for w in self.weights]  # W at the start of the probed epoch
         self._device = self.weights[0].device if self.weights else probe_x.device
+        self._plans = (norm_plan(self.weights), norm_plan(self.weights * 3)) if self.weights else None
         self._captured: list[torch.Tensor] = []
         self.grad_sum: torch.Tensor | None = None  # (L, E), summed over the epoch's steps
         self.steps = 0
@@ -156,7 +161,7 @@ class Probes:
         """Add this step's weight-gradient norms (before clipping)."""
         with torch.no_grad():
             norms = member_norms([w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights],
-                                 self.members)
+                                 self.members, self._plans[0])
             self.grad_sum = norms if self.grad_sum is None else self.grad_sum.add_(norms)
         self.steps += 1
 
@@ -204,7 +209,7 @@ class Probes:
                                                                                   device=self._device)
             if self.weights:  # ||W_after - W_before||, ||W_after||, ||W_before||: one norm call for all three
                 diffs = torch._foreach_sub(self.weights, self._before)
-                parts = [torch.cat([grads, member_norms([*diffs, *self.weights, *self._before], e)])]
+                parts = [torch.cat([grads, member_norms([*diffs, *self.weights, *self._before], e, self._plans[1])])]
             else:
                 parts = [grads] * 4
             captured = [self._captured[k] for k, _, _ in self.acts] if len(self._captured) == self._calls else []
