@@ -31,7 +31,7 @@ from .records import LAYER_COLUMNS
 RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.ReLU6, nn.PReLU, nn.CELU, nn.RReLU)
 ACTIVATION_MODULES = (*RELU_FAMILY, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
 TAILS = {"tanh": lambda a: a.abs() > 0.99, "sigmoid": lambda a: (a < 0.01) | (a > 0.99)}  # saturated_frac
-BIG = 1 << 20  # values in an activation above which it is reduced as it comes (`Reduced`)
+BIG = 1 << 20  # values above which a pass's activations are reduced as they come (`Reduced`), a net's weights normed in place
 
 
 def _kind(module: nn.Module) -> str:
@@ -42,12 +42,13 @@ def _kind(module: nn.Module) -> str:
 
 
 def norm_plan(tensors: list[torch.Tensor]) -> tuple[list[list[int]], torch.Tensor | None]:
-    """How member_norms reduces these tensors: indices of small tensors of one shape (stacked and normed
-    by one kernel: a deep net's layers share a shape, and a kernel each would cost more than the work),
+    """How member_norms reduces these tensors: on a small net, indices of tensors of one shape (stacked and
+    normed by one kernel: a deep net's layers share a shape, and a kernel each would cost more than the work),
     and the index that puts the groups' norms back in the tensors' order (None: already in it)."""
+    small = sum(t.numel() for t in tensors) <= BIG  # a big net's tensors are normed in place: stacking copies them
     by_shape: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
-        by_shape.setdefault(tuple(t.shape) if t.numel() <= BIG else (i,), []).append(i)
+        by_shape.setdefault(tuple(t.shape) if small else (i,), []).append(i)
     order = [i for idx in by_shape.values() for i in idx]
     inverse = None if order == list(range(len(tensors))) else torch.tensor(np.argsort(order), device=tensors[0].device)
     return list(by_shape.values()), inverse
@@ -57,8 +58,8 @@ def member_norms(tensors: list[torch.Tensor], members: int | None, plan=None) ->
     """(len(tensors), E): each tensor's L2 norm per member (`members` None: solo tensors, E = 1);
     `plan`: norm_plan(tensors), made once for tensors whose shapes do not change."""
     groups, inverse = plan or norm_plan(tensors)
-    norms = torch.cat([torch.linalg.vector_norm(torch.stack([tensors[i] for i in idx]).reshape(len(idx), members or 1, -1),
-                                                dim=2) for idx in groups])
+    stacked = [tensors[idx[0]].unsqueeze(0) if len(idx) == 1 else torch.stack([tensors[i] for i in idx]) for idx in groups]
+    norms = torch.cat([torch.linalg.vector_norm(s.reshape(len(s), members or 1, -1), dim=2) for s in stacked])
     return norms if inverse is None else norms[inverse]
 
 
@@ -109,6 +110,7 @@ class Probes:
         self.acts = [(k, kind, layer) for k, (kind, layer) in acts.items()]
         self._act_modules = list({m: None for m in self.model.modules() if isinstance(m, ACTIVATION_MODULES)})
         self._calls = calls
+        self._per_sample = sum(self._sizes)  # values the kept activations of a pass hold per sample and member
         self._before = [w.detach().clone() for w in self.weights]  # W at the start of the probed epoch
         self._device = self.weights[0].device if self.weights else probe_x.device
         self._plans = (norm_plan(self.weights), norm_plan(self.weights * 3)) if self.weights else None
@@ -124,6 +126,7 @@ class Probes:
         called: dict[str, nn.Module] = {}
         acts: dict[int, tuple[str, int]] = {}
         calls = [0]
+        sizes = self._sizes = []
 
         def on_layer(m, inp, out):
             called.setdefault(named[m], m)
@@ -133,6 +136,7 @@ class Probes:
         def on_act(m, inp, out):
             if on_layer.last >= 0 and all(layer != on_layer.last for _, layer in acts.values()):
                 acts[calls[0]] = (_kind(m), on_layer.last)
+                sizes.append(out[0].numel() // (out.shape[1] if self.members else 1))  # per sample and member
             calls[0] += 1
 
         handles = [m.register_forward_hook(on_layer) for m in named]
@@ -175,7 +179,7 @@ class Probes:
         def take(module, inp, out):  # validation runs under no_grad: nothing to detach there
             a = out.detach() if out.requires_grad else out
             a = a if self.members else a.unsqueeze(0)  # (E, B, C, ...)
-            if a.numel() > BIG:
+            if a.shape[0] * a.shape[1] * self._per_sample > BIG:  # the whole pass's would be: keep none
                 kind = _kind(module)
                 total, root, positive, *tail = [t[0] for t in activation_stats(a.unsqueeze(0), {kind})]
                 a = Reduced(tuple(a.shape), total, root, positive, tail[0] if tail else torch.zeros_like(total))
