@@ -140,14 +140,20 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
 def config_key(cfg: DictConfig) -> str:
     """A short hash of everything in `cfg` that decides a run's outcome: equal keys, equal runs.
     Resume finds a sweep's finished jobs by it, whatever their job number."""
+    return config_hash(cfg, RUNTIME_KEYS)
+
+
+def config_hash(cfg: DictConfig, leave_out: tuple[str, ...], extra: dict | None = None) -> str:
+    """12 hex digits of the resolved `cfg` without its hydra node and the dotted keys `leave_out`, plus `extra`."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("hydra", None)
-    for key in RUNTIME_KEYS:
+    for key in leave_out:
         *parents, leaf = key.split(".")
         node = tree
         for parent in parents:
             node = node.get(parent, {})
         node.pop(leaf, None)
+    tree.update(extra or {})
     return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

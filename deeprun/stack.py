@@ -9,11 +9,15 @@ member e's weights and batches only.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from .records import config_hash
 
 # Keys members of one stack may differ in: they change numbers, not shapes. dropout's rate may
 # differ, not whether there is dropout (a Dropout module or none).
@@ -25,16 +29,7 @@ def group_key(cfg: DictConfig) -> Optional[str]:
     """Jobs with equal keys train together as one stack; None: this job runs alone (why_alone says why)."""
     if why_alone(cfg) is not None:
         return None
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    tree.pop("hydra", None)
-    for key in MEMBER_KEYS:
-        *parents, leaf = key.split(".")
-        node = tree
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(leaf, None)
-    tree["dropout>0"] = cfg.dropout > 0
-    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return config_hash(cfg, MEMBER_KEYS, {"dropout>0": cfg.dropout > 0})
 
 
 def why_alone(cfg: DictConfig) -> Optional[str]:
@@ -50,12 +45,6 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
 # Each holds its members' parameters and buffers under torch's own names, with a first dimension
 # of E members, so that member e's state dict is every tensor's [e] (member_state). Activations
 # flow as (E, B, ...): member first, then the batch.
-
-import copy
-
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 
 def _stacked(tensors: list[torch.Tensor], parameter: bool) -> torch.Tensor:
