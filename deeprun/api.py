@@ -22,7 +22,7 @@ from .data import build_data, resolve_device
 from .models import build_model, count_params, resolve_init
 from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, missed_expectation,
                       write_atomic, write_summary, write_table)
-from .train import MEMBER_OPTIONS, History, train
+from .train import History, member_options, train
 
 
 @dataclass
@@ -70,13 +70,9 @@ def run_group(cfgs: list[DictConfig], out_dirs: list[str | Path], threads: Optio
             j.result(1)
         raise
     # members of equal optimiser settings side by side: each run of them is one param group
-    order = sorted(range(len(jobs)), key=lambda i: json.dumps(_options(cfgs[i]), sort_keys=True, default=str))
+    order = sorted(range(len(jobs)), key=lambda i: json.dumps(member_options(cfgs[i]), sort_keys=True, default=str))
     _train_jobs([jobs[i] for i in order], job, threads, alone=False)
     return [j.summary for j in jobs]
-
-
-def _options(cfg: DictConfig) -> dict:
-    return {"lr": cfg.lr, **{k: cfg.optimizer.get(k) for k in MEMBER_OPTIONS[1:]}}
 
 
 class _Job:

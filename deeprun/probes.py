@@ -102,7 +102,7 @@ class Probes:
     def __init__(self, model: nn.Module, probe_x: torch.Tensor, members: int | None = None):
         self.model, self.members = model, members
         self.size = members or 1
-        order, acts, calls = self._trace(probe_x[:, :2] if members else probe_x[:2])
+        order, acts, calls, self._per_sample = self._trace(probe_x[:, :2] if members else probe_x[:2])
         self.names = list(order)
         self.weights = [m.weight for m in order.values()]
         # the activation call that first follows each layer: (its index among a pass's activation calls,
@@ -110,7 +110,6 @@ class Probes:
         self.acts = [(k, kind, layer) for k, (kind, layer) in acts.items()]
         self._act_modules = list({m: None for m in self.model.modules() if isinstance(m, ACTIVATION_MODULES)})
         self._calls = calls
-        self._per_sample = sum(self._sizes)  # values the kept activations of a pass hold per sample and member
         self._before = [w.detach().clone() for w in self.weights]  # W at the start of the probed epoch
         self._device = self.weights[0].device if self.weights else probe_x.device
         self._plans = (norm_plan(self.weights), norm_plan(self.weights * 3)) if self.weights else None
@@ -119,14 +118,15 @@ class Probes:
         self.steps = 0
 
     @torch.no_grad()
-    def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], dict[int, tuple[str, int]], int]:
+    def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], dict[int, tuple[str, int]], int, int]:
         """Weight layers in forward order; the activation calls that first follow a layer (call index ->
-        (kind, layer)); the number of activation calls in a pass."""
+        (kind, layer)); the number of activation calls in a pass; the values those kept activations hold
+        per sample and member."""
         named = {m: name for name, m in self.model.named_modules() if isinstance(m, WEIGHT_LAYERS + _stacked_layers())}
         called: dict[str, nn.Module] = {}
         acts: dict[int, tuple[str, int]] = {}
         calls = [0]
-        sizes = self._sizes = []
+        sizes: list[int] = []  # values each kept activation holds per sample and member
 
         def on_layer(m, inp, out):
             called.setdefault(named[m], m)
@@ -151,7 +151,7 @@ class Probes:
                 h.remove()
         for m, name in named.items():  # never called in forward: last, in registration order
             called.setdefault(name, m)
-        return called, acts, calls[0]
+        return called, acts, calls[0], sum(sizes)
 
     # --- gradients and weights -------------------------------------------------
 

@@ -52,6 +52,16 @@ def _stacked(tensors: list[torch.Tensor], parameter: bool) -> torch.Tensor:
     return nn.Parameter(t, requires_grad=tensors[0].requires_grad) if parameter else t
 
 
+def _stacked_param(members: list[nn.Module], name: str) -> Optional[nn.Parameter]:
+    """The members' parameter `name` stacked, or None where they have none (bias=False, affine=False)."""
+    return None if getattr(members[0], name) is None else _stacked([getattr(m, name) for m in members], True)
+
+
+def _flat(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(E, C) -> (E*C,), a view: batch_norm updates running statistics through it in place."""
+    return None if t is None else t.flatten()
+
+
 class Linear(nn.Module):
     """E x nn.Linear: one batched matmul, (E, B, in) -> (E, B, out).
 
@@ -61,7 +71,7 @@ class Linear(nn.Module):
     def __init__(self, members: list[nn.Linear]):
         super().__init__()
         self.weight = nn.Parameter(torch.stack([m.weight.detach().t() for m in members]).contiguous())
-        self.bias = None if members[0].bias is None else _stacked([m.bias for m in members], True)
+        self.bias = _stacked_param(members, "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is None:
@@ -85,8 +95,8 @@ class Conv2d(nn.Module):
     def __init__(self, members: list[nn.Conv2d]):
         super().__init__()
         m = members[0]
-        self.weight = _stacked([c.weight for c in members], True)  # (E, out, in/groups, kh, kw)
-        self.bias = None if m.bias is None else _stacked([c.bias for c in members], True)
+        self.weight = _stacked_param(members, "weight")  # (E, out, in/groups, kh, kw)
+        self.bias = _stacked_param(members, "bias")
         self.stride, self.padding, self.dilation, self.groups = m.stride, m.padding, m.dilation, m.groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,8 +113,7 @@ class BatchNorm(nn.Module):
         super().__init__()
         m = members[0]
         self.eps, self.momentum = m.eps, m.momentum
-        self.weight = _stacked([b.weight for b in members], True) if m.affine else None
-        self.bias = _stacked([b.bias for b in members], True) if m.affine else None
+        self.weight, self.bias = _stacked_param(members, "weight"), _stacked_param(members, "bias")
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             self.register_buffer(name, _stacked([getattr(b, name) for b in members], False))
 
@@ -114,9 +123,8 @@ class BatchNorm(nn.Module):
             self.num_batches_tracked.add_(1)
             if momentum is None:  # a cumulative average, as nn.BatchNorm's
                 momentum = 1.0 / float(self.num_batches_tracked[0])
-        flat = lambda t: None if t is None else t.flatten()  # views: batch_norm updates the running stats in place
-        y = F.batch_norm(_to_channels(x), flat(self.running_mean), flat(self.running_var), flat(self.weight),
-                         flat(self.bias), self.training, momentum or 0.0, self.eps)
+        y = F.batch_norm(_to_channels(x), _flat(self.running_mean), _flat(self.running_var), _flat(self.weight),
+                         _flat(self.bias), self.training, momentum or 0.0, self.eps)
         return _from_channels(y, x.shape[0])
 
 
@@ -127,8 +135,7 @@ class LayerNorm(nn.Module):
         super().__init__()
         m = members[0]
         self.shape, self.eps = m.normalized_shape, m.eps
-        self.weight = _stacked([n.weight for n in members], True) if m.elementwise_affine else None
-        self.bias = _stacked([n.bias for n in members], True) if m.bias is not None else None
+        self.weight, self.bias = _stacked_param(members, "weight"), _stacked_param(members, "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.layer_norm(x, self.shape, None, None, self.eps)
@@ -145,20 +152,18 @@ class GroupNorm(nn.Module):
         super().__init__()
         m = members[0]
         self.groups, self.eps = m.num_groups, m.eps
-        self.weight = _stacked([n.weight for n in members], True) if m.affine else None
-        self.bias = _stacked([n.bias for n in members], True) if m.affine else None
+        self.weight, self.bias = _stacked_param(members, "weight"), _stacked_param(members, "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = lambda t: None if t is None else t.flatten()
-        y = F.group_norm(_to_channels(x), self.groups * x.shape[0], flat(self.weight), flat(self.bias), self.eps)
+        y = F.group_norm(_to_channels(x), self.groups * x.shape[0], _flat(self.weight), _flat(self.bias), self.eps)
         return _from_channels(y, x.shape[0])
 
 
 class Dropout(nn.Module):
     """Dropout drawn from each member's own generator, so that a member's masks are its solo run's.
 
-    Used by solo runs too (a stack of one, `members=None`): torch's own nn.Dropout draws from the
-    global generator, which E members would share."""
+    Used by solo runs too (`stacked=False`: x has no member dimension): torch's own nn.Dropout
+    draws from the global generator, which E members would share."""
 
     def __init__(self, p: list[float], generators: list[torch.Generator], stacked: bool = True):
         super().__init__()

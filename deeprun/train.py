@@ -69,7 +69,7 @@ class History:
     probes: Optional[Probes] = None  # makes `logged` into the rows of layers.csv
     member: int = 0  # its place in the stack
     diverged_epoch: Optional[int] = None
-    state: Optional[dict] = None  # its weights when it diverged (it trains no further)
+    state: Optional[dict] = None  # its weights when found diverged: what its model ends with
 
     def layers(self) -> dict | list:
         """The columns of layers.csv (empty before the first logged epoch)."""
@@ -96,7 +96,7 @@ def build_optimizer(cfgs: list[DictConfig], net: nn.Module, stacked: bool):
     c = cfgs[0].optimizer
     if c.name == "sgd" and any(m.optimizer.nesterov and m.optimizer.momentum <= 0 for m in cfgs):
         raise ConfigError("optimizer.nesterov=true: needs optimizer.momentum > 0")
-    options = [{"lr": m.lr, **{k: m.optimizer[k] for k in MEMBER_OPTIONS[1:] if k in m.optimizer}} for m in cfgs]
+    options = [member_options(m) for m in cfgs]
     runs: list[tuple[int, int]] = []  # [start, stop) of each run of equal options
     for e, o in enumerate(options):
         if runs and options[runs[-1][0]] == o:
@@ -116,6 +116,11 @@ def build_optimizer(cfgs: list[DictConfig], net: nn.Module, stacked: bool):
             for view, p in zip(v, params):
                 view.grad = p.grad[a:b]
     return make(groups, c, how), bind, [i for i, (a, b) in enumerate(runs) for _ in range(a, b)]
+
+
+def member_options(cfg: DictConfig) -> dict:
+    """A member's own optimiser settings (MEMBER_OPTIONS its optimiser has): its param group's keys."""
+    return {"lr": cfg.lr, **{k: cfg.optimizer[k] for k in MEMBER_OPTIONS[1:] if k in cfg.optimizer}}
 
 
 def implementation(name: str, params: int) -> dict:
@@ -176,7 +181,7 @@ class Validation:
     def finish(self, values: list[float]) -> dict:
         """One member's val_loss, metric (val_r2 / val_accuracy) and, for regression, val_rmse (the mean over
         target columns of sqrt(MSE_j) * std_j, in the target's own units); NaN without a validation set."""
-        metric = "val_r2" if self.regression else "val_accuracy"
+        metric = self.data.metric
         if not self.size:
             return {"val_loss": math.nan, metric: math.nan, **({"val_rmse": math.nan} if self.regression else {})}
         if not self.regression:
@@ -288,7 +293,8 @@ def train(models: list[nn.Module], data: Data, cfgs: list[DictConfig], histories
 def _sync(histories: list[History], pending: list, probes: Probes, validation: Validation,
           stacked: Optional[nn.Module], on_log) -> None:
     """Read the pending epochs and the layer stats in one host transfer; a member whose loss
-    stopped being finite is marked diverged, keeps its weights as they are now, and trains no further."""
+    stopped being finite is marked diverged: its records stop there, and its weights as they are now
+    are what its model ends with (in a stack its rows are still computed, never read again)."""
     live = [h for h in histories if h.diverged_epoch is None]
     flat = _read_epochs(live, pending, validation, probes.collect())
     logged = pending[-1][0]
