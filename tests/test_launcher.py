@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import subprocess
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ def test_strict_stops_at_the_first_failure_and_no_later_job_starts(main, groups,
     assert not list((tmp_path / "S").glob("2_*"))  # never started: not even its directory
 
 
-def test_group_size_splits_a_group_and_a_bad_launcher_key_is_one_line(main, groups, monkeypatch):
+def test_group_size_splits_a_group_and_a_bad_launcher_key_is_one_line(main, groups, monkeypatch, tmp_path):
     p = main("-m", *TINY, "seed=0,1,2", "hydra.launcher.group_size=2", "hydra.sweep.dir=S")
     assert p.code == 0, p.err
     assert groups == [2, 1]
@@ -175,6 +176,11 @@ def test_group_size_splits_a_group_and_a_bad_launcher_key_is_one_line(main, grou
     ]:
         bad = main("-m", *TINY, "seed=0,1", *args)
         assert (bad.code, bad.err) == (2, line)
+    if shutil.which("srun") is None:  # off a cluster (CI): batched_slurm's executor cannot start, in one line
+        off = main("-m", *TINY, "seed=0,1", "hydra/launcher=batched_slurm", "hydra.sweep.dir=T")
+        assert off.code == 2 and off.err.startswith("deeprun: error: hydra.launcher.submitit=slurm: "), off.err
+        assert len(off.err.splitlines()) == 1
+        assert not list((tmp_path / "T").glob("*_*"))  # the executor is refused before any job directory
     import importlib.util
 
     real = importlib.util.find_spec
