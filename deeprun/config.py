@@ -108,6 +108,13 @@ class NormalInitConfig(InitConfig):
 
 
 @dataclass
+class MeanFieldInitConfig(InitConfig):
+    name: str = "mean_field"
+    sigma_w2: float = 1.0  # weights N(0, sigma_w2 / fan_in): the weight variance of mean-field theory
+    sigma_b2: float = 0.0  # biases N(0, sigma_b2)
+
+
+@dataclass
 class CheckpointInitConfig(InitConfig):
     name: str = "checkpoint"
     path: Optional[str] = None  # a state dict saved by torch.save (e.g. a run's final.pt)
@@ -303,7 +310,8 @@ class Config:
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"mlp": MLPConfig, "resnet": ResNetConfig, "cnn": CNNConfig, "resnet_cnn": ResNetCNNConfig},
     "act": {"leaky_relu": LeakyReLUConfig},
-    "init": {"uniform": UniformInitConfig, "normal": NormalInitConfig, "checkpoint": CheckpointInitConfig},
+    "init": {"uniform": UniformInitConfig, "normal": NormalInitConfig, "mean_field": MeanFieldInitConfig,
+             "checkpoint": CheckpointInitConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig, "rmsprop": RMSpropConfig},
     "scheduler": {"step": StepSchedulerConfig, "cosine": CosineSchedulerConfig, "plateau": PlateauSchedulerConfig},
     "data": {"regression": RegressionDataConfig, "diag_flip": DiagFlipDataConfig,
@@ -328,7 +336,7 @@ register_configs()
 ACTIVATION_NAMES = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "mish",
                     "tanh", "sigmoid", "softplus", "identity")
 INIT_NAMES = ("auto", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal",
-              "lecun_normal", "orthogonal", "uniform", "normal", "torch_default", "checkpoint")
+              "lecun_normal", "orthogonal", "uniform", "normal", "mean_field", "torch_default", "checkpoint")
 CHOICES = {
     "act.name": ACTIVATION_NAMES,
     "init.name": INIT_NAMES,
@@ -462,6 +470,9 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None:
             _require(value > 0, key, value, "> 0")
+    if cfg.init.name == "mean_field":
+        _require(cfg.init.sigma_w2 > 0, "init.sigma_w2", cfg.init.sigma_w2, "> 0 (the weight variance times fan_in)")
+        _require(cfg.init.sigma_b2 >= 0, "init.sigma_b2", cfg.init.sigma_b2, ">= 0 (the bias variance)")
     _require(cfg.objective in (*EXPECT_COLUMNS, "params") or cfg.objective.startswith("loss@"), "objective",
              cfg.objective, "a results column: " + ", ".join(EXPECT_COLUMNS))
     _validate_data(cfg.data)

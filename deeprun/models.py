@@ -290,6 +290,8 @@ INITS: dict[str, Callable[[torch.Tensor, DictConfig, DictConfig], object]] = {
     "lecun_normal": lambda w, act, init: nn.init.kaiming_normal_(w, nonlinearity="linear"),
     "uniform": lambda w, act, init: nn.init.uniform_(w, -init.a, init.a),
     "normal": lambda w, act, init: nn.init.normal_(w, 0.0, init.std),
+    # N(0, sigma_w2 / fan_in), the weights of mean-field theory (Poole et al. 2016); biases below
+    "mean_field": lambda w, act, init: nn.init.kaiming_normal_(w, nonlinearity="linear").mul_(init.sigma_w2 ** 0.5),
 }
 
 
@@ -299,7 +301,8 @@ def resolve_init(init: DictConfig, act: DictConfig) -> str:
 
 
 def init_weights(model: nn.Module, init: DictConfig, act: DictConfig) -> str:
-    """Initialise every weight layer (zero biases); torch_default leaves torch's own. Then Fixup
+    """Initialise every weight layer (zero biases, N(0, sigma_b2) with mean_field); torch_default leaves
+    torch's own. Then Fixup
     where a residual block asks for it. Returns the scheme."""
     scheme = resolve_init(init, act)
     if scheme == "checkpoint":  # the weights of an earlier run, as they were
@@ -310,7 +313,9 @@ def init_weights(model: nn.Module, init: DictConfig, act: DictConfig) -> str:
         with torch.no_grad():
             for layer in weight_layers(model).values():
                 fill(layer.weight, act, init)
-                if layer.bias is not None:
+                if layer.bias is not None and scheme == "mean_field":
+                    layer.bias.normal_(0.0, init.sigma_b2 ** 0.5)
+                elif layer.bias is not None:
                     layer.bias.zero_()
     fixup_(model)
     return scheme

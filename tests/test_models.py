@@ -182,6 +182,17 @@ def test_normal_init_std():
     assert w.mean().abs() < 0.001
 
 
+def test_mean_field_init_variances():
+    """init=mean_field: weights N(0, sigma_w2 / fan_in) and biases N(0, sigma_b2), every layer."""
+    cfg = cpu("width=256", "depth=3", "act=tanh", "init=mean_field", "init.sigma_w2=1.76", "init.sigma_b2=0.05")
+    model = deeprun.build_model(cfg, deeprun.build_data(cfg, "cpu"))
+    assert model.fc1.weight.var().item() * FAN == pytest.approx(1.76, rel=0.03)
+    assert model.fc0.weight.var().item() * 3 == pytest.approx(1.76, rel=0.4)  # fan_in 3: 768 samples
+    biases = torch.cat([model.fc1.bias, model.fc2.bias]).detach()
+    assert biases.var().item() == pytest.approx(0.05, rel=0.15)  # 512 samples
+    assert wide_layer("init=mean_field").var().item() * FAN == pytest.approx(1.0, rel=0.03)  # sigma_b2=0: zero biases
+
+
 def test_lecun_normal_std_is_one_over_sqrt_fan_in():
     w = wide_layer("init=lecun_normal", "act=selu")
     assert w.std().item() == pytest.approx(1 / math.sqrt(FAN), rel=0.05)
