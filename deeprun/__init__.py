@@ -7,16 +7,17 @@ Notebook API, the same code path as the `deeprun` command::
     result = deeprun.run(cfg)               # .summary, .epochs, .layers, .model
     data = deeprun.build_data(cfg)
     model = deeprun.build_model(cfg, data)
+    found = deeprun.diagnose(cfg)           # at initialisation: .row (verdict@init, chi_1, ...), .layers
 
 torch loads on first use of run / build_*, so `deeprun --help` and config errors stay fast.
 """
 
 from .config import ConfigError, OutOfMemory, compose
 
-__all__ = ["ConfigError", "OutOfMemory", "compose", "run", "build_data", "build_model", "Result"]
+__all__ = ["ConfigError", "OutOfMemory", "compose", "run", "build_data", "build_model", "Result", "diagnose"]
 __version__ = "0.1.0"
 
-_LAZY = {"run": "api", "Result": "api", "build_data": "data", "build_model": "models"}
+_LAZY = {"run": "api", "Result": "api", "build_data": "data", "build_model": "models", "diagnose": "diagnosis"}
 
 
 def __getattr__(name: str):

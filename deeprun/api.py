@@ -19,6 +19,7 @@ from torch import nn
 from . import display
 from .config import OutOfMemory, memory_needed, validate, weight_count
 from .data import build_data, resolve_device
+from .diagnosis import verdict_at_init
 from .models import build_model, count_params, resolve_init
 from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, missed_expectation,
                       write_atomic, write_summary, write_table)
@@ -101,6 +102,7 @@ class _Job:
         layers = pd.DataFrame(self.history.layers(), columns=layer_columns())
         self.summary = {**self.row, "status": self.status, "diverged_epoch": self.history.diverged_epoch,
                         **metrics_row(self.cfg, self.history.metric, epochs, layers),
+                        "verdict@init": verdict_at_init(self.cfg, layers, self.model),
                         "seconds": (time.perf_counter() - self.start) / stack_size, "stack_size": stack_size,
                         "error": self.error}
         if any(v is not None for v in self.cfg.expect.values()):
@@ -188,10 +190,14 @@ def _train_jobs(jobs: list[_Job], job: Optional[int], threads: Optional[int], al
 
 
 def _threads_for(jobs: list[_Job], data) -> int:
+    return threads_for(jobs[0].model, data, jobs[0].cfg.batch_size, len(jobs))
+
+
+def threads_for(model: nn.Module, data, batch_size: Optional[int], members: int = 1) -> int:
     """Torch threads for this work: one for small nets (SMALL_WORK), else torch's default (a thread per core)."""
-    rows = min(jobs[0].cfg.batch_size or len(data.x_train), len(data.x_train))
+    rows = min(batch_size or len(data.x_train), len(data.x_train))
     positions = math.prod(data.in_shape[1:]) if len(data.in_shape) > 1 else 1  # a conv weight's uses per sample
-    work = len(jobs) * rows * count_params(jobs[0].model) * positions
+    work = members * rows * count_params(model) * positions
     return 1 if work <= SMALL_WORK else DEFAULT_THREADS
 
 

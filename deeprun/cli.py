@@ -89,7 +89,48 @@ def _sweep_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
     return sweep.objective(cfg, summary)
 
 
+def _diagnose(cfg: DictConfig) -> Optional[float]:
+    """deeprun-diagnose: the net at initialisation (deeprun/diagnose.py); under -m, one job of the sweep."""
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # a one-job-at-a-time launcher (basic, joblib, submitit)
+        from .diagnosis import diagnose_group
+
+        row = diagnose_group([cfg], [out], threads=sweep.job_threads(hydra_cfg))[0]
+        sweep.add_result(Path(hydra_cfg.sweep.dir), out)
+        print(f"deeprun: job {hydra_cfg.job.num} {row.get('status')}: {row.get('verdict@init') or row.get('error')} "
+              f"({out.name})", file=sys.stderr)
+        return sweep.objective(cfg, row)
+    try:
+        validate(cfg)
+        from .diagnosis import diagnose
+
+        result = diagnose(cfg, out_dir=out)
+    except ConfigError as e:
+        _discard_unused(out, mistaken=not isinstance(e, OutOfMemory))
+        _usage_error(e)
+    if cfg.log.progress:
+        from .display import print_diagnosis
+
+        print_diagnosis(result, out)
+    return None
+
+
+# what the batched launcher runs a group of this app's jobs with, and the record each job leaves
+_diagnose.deeprun_group = "deeprun.diagnosis:diagnose_group"
+_diagnose.deeprun_record = "diagnosis.json"
+_diagnose_app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_diagnose)
+
+
 def main() -> None:
+    _main(_app)
+
+
+def diagnose_main() -> None:
+    _main(_diagnose_app)
+
+
+def _main(app) -> None:
     # Let exceptions reach us instead of Hydra's multi-line report, so that a
     # user's mistake becomes one line with exit status 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -101,7 +142,7 @@ def main() -> None:
         _usage_error(ConfigError(flag))
     status = 0
     try:
-        _app()
+        app()
     except (ConfigError, HydraException, OmegaConfBaseException, sweep.DirTaken) as e:
         _usage_error(e)
     except ValueError as e:  # Hydra's own command-line checks (`--cfg` with `-m`) raise ValueError
@@ -150,12 +191,12 @@ def _discard_unused(run_dir: Path, mistaken: bool = False) -> None:
     """Remove what Hydra made for a run that never started (only .hydra/, then the folder if empty).
     `mistaken`: a config error stopped it before training (an absent device, a bad CSV), so its
     records say nothing; they go too. Only files deeprun names: the folder may be the user's own."""
-    from .records import EPOCHS, LAYERS, SUMMARY  # here: pandas loads slowly, and only a run gets this far
+    from .records import DIAGNOSIS, EPOCHS, LAYERS, SUMMARY, record_of  # here: pandas loads slowly
 
     if mistaken:
-        for name in (SUMMARY, EPOCHS, LAYERS):
+        for name in (SUMMARY, EPOCHS, LAYERS, DIAGNOSIS):
             (run_dir / name).unlink(missing_ok=True)
-    if not (run_dir / SUMMARY).exists():
+    if record_of(run_dir) is None:
         shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
         outputs = (Path.cwd() / "outputs").resolve()
         with contextlib.suppress(OSError):  # rmdir stops at the first folder that holds anything

@@ -266,6 +266,13 @@ class LogConfig:
 
 
 @dataclass
+class DiagnoseConfig:  # deeprun-diagnose; a training run's verdict@init reads its epoch 0 instead
+    draws: int = 8  # independent initialisations the per-layer table is averaged over
+    rows: Optional[int] = 128  # the first training rows gradients and activations are measured on; null: all
+    jacobian_samples: int = 4  # input-output Jacobians taken (on a training row), spread over the first draws
+
+
+@dataclass
 class SaveConfig:
     checkpoints: List[str] = field(default_factory=list)  # any of: init, final
 
@@ -297,6 +304,7 @@ class Config:
     grad_clip: Optional[float] = None  # max global grad norm; null: off
     log: LogConfig = field(default_factory=LogConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     # sweeps
     resume: bool = False  # skip the jobs of this sweep dir that already have a finished record
     strict: bool = False  # the first failing job ends the sweep
@@ -447,6 +455,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("batch_size=1: BatchNorm cannot normalise a single sample; use norm=layer or norm=none")
     _require(cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", cfg.grad_clip, "> 0 or null (off)")
     _require(cfg.log.every >= 1, "log.every", cfg.log.every, ">= 1")
+    _require(cfg.diagnose.draws >= 1, "diagnose.draws", cfg.diagnose.draws, ">= 1")
+    _require(cfg.diagnose.rows is None or cfg.diagnose.rows >= 1, "diagnose.rows", cfg.diagnose.rows, ">= 1 or null (all)")
+    _require(cfg.diagnose.jacobian_samples >= 1, "diagnose.jacobian_samples", cfg.diagnose.jacobian_samples, ">= 1")
     _require(cfg.device.threads is None or 1 <= cfg.device.threads <= MAX_THREADS, "device.threads",
              cfg.device.threads, f"in [1, {MAX_THREADS}] or null")
     _require(all(e >= 1 for e in cfg.log.loss_at), "log.loss_at", cfg.log.loss_at, "epochs >= 1 (the first epoch is 1)")

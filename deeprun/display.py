@@ -11,10 +11,11 @@ from typing import Callable, Iterator, Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 SUMMARY_KEYS = ("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "data", "task", "loss_units",
                 "rows_dropped", "device", "params", "status", "diverged_epoch", "final_train_loss", "final_val_loss",
-                "best_val_loss", "val_r2", "val_accuracy", "val_rmse", "grad_norm_first@init", "grad_norm_last@init",
+                "best_val_loss", "val_r2", "val_accuracy", "val_rmse", "verdict@init", "grad_norm_first@init", "grad_norm_last@init",
                 "grad_ratio@init", "grad_norm_first", "grad_norm_last", "grad_ratio", "dead_frac_max",
                 "saturated_frac_max", "seconds", "error")
 
@@ -74,9 +75,9 @@ def print_summary(summary: dict, out_dir: Optional[Path], console: Optional[Cons
 
 # --- results tables (sweeps, deeprun-report) -------------------------------------
 
-KEY_METRICS = ("status", "final_train_loss", "final_val_loss", "val_r2", "val_accuracy", "val_rmse",
+KEY_METRICS = ("status", "verdict@init", "final_train_loss", "final_val_loss", "val_r2", "val_accuracy", "val_rmse",
                "grad_ratio@init", "grad_norm_first@init", "grad_norm_first", "grad_ratio", "dead_frac_max",
-               "saturated_frac_max", "seconds", "error", "expect_missed")
+               "saturated_frac_max", "chi_1", "trainable_depth", "jac_condition", "seconds", "error", "expect_missed")
 TEXT_COLUMNS = ("error", "expect_missed", "run", "overrides")  # long text: cut with …, not wrapped down the page
 
 
@@ -197,3 +198,46 @@ def print_results(frame, columns: Optional[list[str]] = None, title: Optional[st
                       f"deeprun-report {source} --wide, --columns a,b,c, or --out table.csv",
                       markup=False, highlight=False)
     return left
+
+
+# --- deeprun-diagnose ---------------------------------------------------------------------
+
+DIAGNOSIS_COLUMNS = ("pre_std", "act_mean", "act_std", "grad_norm", "dead_frac", "saturated_frac")
+SHOWN_LAYERS = 24  # a deeper net shows its first and last layers; the whole table is in diagnosis_layers.csv
+
+
+def print_diagnosis(result, out_dir: Optional[Path], console: Optional[Console] = None) -> None:
+    """The per-layer table (mean ± spread over the draws), the Jacobian and mean-field numbers, the verdict."""
+    console = console or Console()
+    row, layers = result.row, result.layers
+    title = (f"deeprun-diagnose: {row.get('model')} depth {row.get('depth')} width {row.get('width')} act {row.get('act')} "
+             f"init {row.get('init')} norm {row.get('norm')}; {row.get('draws')} draws, {row.get('rows')} rows")
+    table = Table(title=title, title_justify="left")
+    for c in ("layer", "name", *DIAGNOSIS_COLUMNS):
+        table.add_column(c, justify="left" if c == "name" else "right", no_wrap=True)
+    shown = range(len(layers)) if len(layers) <= SHOWN_LAYERS else \
+        [*range(SHOWN_LAYERS // 2), None, *range(len(layers) - SHOWN_LAYERS // 2, len(layers))]
+    for i in shown:
+        if i is None:
+            table.add_row("…", f"{len(layers) - SHOWN_LAYERS} more", *[""] * len(DIAGNOSIS_COLUMNS))
+            continue
+        r = layers.iloc[i]
+        cells = [fmt(r[c]) + ("" if _missing(r.get(f"{c}_std")) or r[f"{c}_std"] == 0 else f" ± {fmt(r[f'{c}_std'])}")
+                 for c in DIAGNOSIS_COLUMNS]
+        table.add_row(str(int(r["layer"])), str(r["name"]), *cells)
+    console.print(table)
+    facts = Table(show_header=False, box=None)
+    facts.add_column("key", style="bold", no_wrap=True)
+    facts.add_column("value", overflow="fold")
+    for key in ("grad_ratio@init", "grad_decay@init", "jac_sv_max", "jac_sv_min", "jac_sv_mean_sq", "jac_condition",
+                "jac_method", "mean_field", "sigma_w2", "sigma_b2", "q_star", "chi_1", "xi_q", "xi_c", "trainable_depth",
+                "critical_sigma_w2", "seconds"):
+        if row.get(key) is not None:
+            facts.add_row(key, fmt(row[key]))
+    console.print(facts)
+    style = "green" if row.get("verdict@init") == "healthy" else "bold red"
+    console.print(Text.assemble((str(row.get("verdict@init")), style), f": {row.get('evidence')}"), highlight=False)
+    if row.get("fixes"):
+        console.print(f"Try: {row['fixes']}.", markup=False, highlight=False)
+    if out_dir is not None:
+        console.print(f"records: {out_dir}", soft_wrap=True, markup=False, highlight=False)

@@ -289,6 +289,7 @@ class Batched:
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
+        self.runner, self.record = "deeprun.api:run_group", "summary.json"
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         if self.submitit is not None and self.submitit not in SUBMITIT_KINDS:
@@ -305,6 +306,9 @@ class Batched:
             # the sweeper holds this same context: its validate_batch_is_legal composes through it too
             hydra_context.config_loader = FastConfigLoader(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        # deeprun trains a group with api.run_group; deeprun-diagnose's task names its own runner and record
+        self.runner = getattr(task_function, "deeprun_group", "deeprun.api:run_group")
+        self.record = getattr(task_function, "deeprun_record", "summary.json")
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         _freeze_heap()
@@ -363,7 +367,7 @@ class Batched:
             config.hydra.runtime.output_dir = os.path.abspath(out)
         job.hydra_cfg = _hydra_view(config)  # what run_job saves as hydra.yaml and returns
         job.out = Path(out)
-        job.key = config_key(job.cfg)
+        job.key = config_key(job.cfg, self.record)
         if job.cfg.strict:  # a job that cannot start fails alone, before any later job starts
             try:
                 validate(job.cfg)
@@ -449,8 +453,7 @@ class Batched:
 
     def _run_here(self, group: List[_Job], top: Path) -> None:
         self._start(group)
-        from .api import run_group
-
+        run_group = _runner(self.runner)
         first = group[0].config
         HydraConfig.instance().cfg = group[0].hydra_cfg  # HydraConfig.get() in a user's model: the group's first job
         configure_log(first.hydra.job_logging, first.hydra.verbose)  # as run_job does around the task
@@ -458,7 +461,7 @@ class Batched:
             with env_override(OmegaConf.to_container(first.hydra.job.env_set)):
                 summaries = run_group([job.cfg for job in group], [job.out for job in group], threads=None, job=group[0].idx)
         except Exception as e:  # run_group should not raise (a record it could not write, say): the sweep goes on
-            summaries = [_record_lost(job.out, f"{type(e).__name__}: {e}") for job in group]
+            summaries = [_record_lost(job.out, f"{type(e).__name__}: {e}", self.record) for job in group]
         finally:
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         self._finish(group, summaries, top)
@@ -495,6 +498,8 @@ class Batched:
                 if why.startswith(("ConfigError: ", "OutOfMemory: ")):
                     why = why.partition(": ")[2].strip().splitlines()[0]
             return f"deeprun: job {job.idx} failed: {why} ({job.out.name})"
+        if "verdict@init" in summary and "final_train_loss" not in summary:  # a diagnosis
+            return f"deeprun: job {job.idx} {summary.get('status')}: {summary['verdict@init']} ({job.out.name})"
         shown = summary.get(cfg.objective)  # the run's own number; a sweeper gets the penalty for a diverged job
         shown = f"{shown:.4g}" if isinstance(shown, float) else shown
         return f"deeprun: job {job.idx} {summary.get('status')}, {cfg.objective} {shown} ({job.out.name})"
@@ -529,7 +534,8 @@ class Batched:
         executor = self._executor()  # before any job directory: off a cluster, nothing is left behind
         for group in groups:
             self._start(group)
-        tasks = executor.map_array(_train_group, [[job.cfg for job in g] for g in groups],  # absolute: a node's cwd
+        tasks = executor.map_array(_train_group, [self.runner] * len(groups), [[job.cfg for job in g] for g in groups],
+                                   # absolute: a node's cwd
                                    [[str(job.config.hydra.runtime.output_dir) for job in g] for g in groups])
         log.info(f"submitit {self.submitit} tasks: {', '.join(t.job_id for t in tasks)} (in {top / '.submitit'})")
         by_task = {id(t): g for t, g in zip(tasks, groups)}
@@ -539,8 +545,8 @@ class Batched:
                 try:
                     summaries = task.result()
                 except Exception as e:  # the task itself died (killed, timed out): its jobs' records say so
-                    summaries = [_record_lost(job.out, f"submitit task {task.job_id} failed: {_last_line(e)}")
-                                 for job in group]
+                    summaries = [_record_lost(job.out, f"submitit task {task.job_id} failed: {_last_line(e)}",
+                                              self.record) for job in group]
                 self._finish(group, summaries, top)
         except BaseException:
             for task in tasks:  # the local executor forwards SIGINT: run_group records its jobs `interrupted`
@@ -549,11 +555,17 @@ class Batched:
             raise
 
 
-def _train_group(cfgs: List[DictConfig], out_dirs: List[str]) -> List[dict]:
-    """A submitit task: one group's training, in the worker."""
-    from deeprun.api import run_group
+def _runner(name: str):
+    """The group runner `module:function` names (api.run_group, diagnose.diagnose_group)."""
+    import importlib
 
-    return run_group(cfgs, [Path(d) for d in out_dirs], threads=None)
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _train_group(runner: str, cfgs: List[DictConfig], out_dirs: List[str]) -> List[dict]:
+    """A submitit task: one group's training (or diagnosis), in the worker."""
+    return _runner(runner)(cfgs, [Path(d) for d in out_dirs], threads=None)
 
 
 def _last_line(e: BaseException) -> str:
@@ -567,17 +579,17 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _record_lost(out: Path, why: str) -> dict:
+def _record_lost(out: Path, why: str, record: str = "summary.json") -> dict:
     """A job whose group ended without its final record (a submitit task killed, run_group raising): the
     record says `failed`, with why; a record that is final stays as it is."""
-    from .records import FINISHED, SUMMARY, write_summary
+    from .records import FINISHED, write_summary
 
     summary: dict = {}
     with contextlib.suppress(OSError, ValueError):
-        summary = json.loads((out / SUMMARY).read_text())
+        summary = json.loads((out / record).read_text())
     if summary.get("status") in (*FINISHED, "failed", "interrupted"):
         return summary
     summary = {**summary, "status": "failed", "error": why}
     with contextlib.suppress(OSError):
-        write_summary(out, summary)
+        write_summary(out, summary, record)
     return summary

@@ -280,18 +280,19 @@ def _gain(act: DictConfig) -> tuple[str, float]:
     return GAINS[act.name], float(act.get("slope", 0.0))
 
 
-INITS: dict[str, Callable[[torch.Tensor, DictConfig, DictConfig], object]] = {
-    "kaiming_uniform": lambda w, act, init: nn.init.kaiming_uniform_(w, a=_gain(act)[1], nonlinearity=_gain(act)[0]),
-    "kaiming_normal": lambda w, act, init: nn.init.kaiming_normal_(w, a=_gain(act)[1], nonlinearity=_gain(act)[0]),
-    "xavier_uniform": lambda w, act, init: nn.init.xavier_uniform_(w, gain=nn.init.calculate_gain(*_gain(act))),
-    "xavier_normal": lambda w, act, init: nn.init.xavier_normal_(w, gain=nn.init.calculate_gain(*_gain(act))),
-    "orthogonal": lambda w, act, init: nn.init.orthogonal_(w, gain=nn.init.calculate_gain(*_gain(act))),
+# scheme -> fill(weight, gain, init), gain = (torch's nonlinearity name, leaky_relu's slope)
+INITS: dict[str, Callable[[torch.Tensor, tuple[str, float], DictConfig], object]] = {
+    "kaiming_uniform": lambda w, gain, init: nn.init.kaiming_uniform_(w, a=gain[1], nonlinearity=gain[0]),
+    "kaiming_normal": lambda w, gain, init: nn.init.kaiming_normal_(w, a=gain[1], nonlinearity=gain[0]),
+    "xavier_uniform": lambda w, gain, init: nn.init.xavier_uniform_(w, gain=nn.init.calculate_gain(*gain)),
+    "xavier_normal": lambda w, gain, init: nn.init.xavier_normal_(w, gain=nn.init.calculate_gain(*gain)),
+    "orthogonal": lambda w, gain, init: nn.init.orthogonal_(w, gain=nn.init.calculate_gain(*gain)),
     # LeCun normal: N(0, 1/fan_in), i.e. Kaiming with gain 1; SELU's self-normalisation needs exactly this.
-    "lecun_normal": lambda w, act, init: nn.init.kaiming_normal_(w, nonlinearity="linear"),
-    "uniform": lambda w, act, init: nn.init.uniform_(w, -init.a, init.a),
-    "normal": lambda w, act, init: nn.init.normal_(w, 0.0, init.std),
+    "lecun_normal": lambda w, gain, init: nn.init.kaiming_normal_(w, nonlinearity="linear"),
+    "uniform": lambda w, gain, init: nn.init.uniform_(w, -init.a, init.a),
+    "normal": lambda w, gain, init: nn.init.normal_(w, 0.0, init.std),
     # N(0, sigma_w2 / fan_in), the weights of mean-field theory (Poole et al. 2016); biases below
-    "mean_field": lambda w, act, init: nn.init.kaiming_normal_(w, nonlinearity="linear").mul_(init.sigma_w2 ** 0.5),
+    "mean_field": lambda w, gain, init: nn.init.kaiming_normal_(w, nonlinearity="linear").mul_(init.sigma_w2 ** 0.5),
 }
 
 
@@ -310,9 +311,10 @@ def init_weights(model: nn.Module, init: DictConfig, act: DictConfig) -> str:
         return scheme
     if scheme != "torch_default":
         fill = lookup(INITS, scheme, "init")
+        gain = _gain(act)  # once: a config lookup per layer costs more than a small layer's init
         with torch.no_grad():
             for layer in weight_layers(model).values():
-                fill(layer.weight, act, init)
+                fill(layer.weight, gain, init)
                 if layer.bias is not None and scheme == "mean_field":
                     layer.bias.normal_(0.0, init.sigma_b2 ** 0.5)
                 elif layer.bias is not None:

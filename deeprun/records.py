@@ -22,6 +22,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 SUMMARY, EPOCHS, LAYERS, RESULTS = "summary.json", "epochs.csv", "layers.csv", "results.csv"
+DIAGNOSIS = "diagnosis.json"  # deeprun-diagnose's row: a run directory holds it or a summary.json
+DIAGNOSIS_LAYERS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN = "diagnosis_layers.csv", "diagnosis_blocks.csv", "diagnosis_jacobian.csv"
 GROUPS = ("model", "act", "init", "norm", "optimizer", "scheduler", "data", "device")
 LAYER_COLUMNS = ("grad_norm", "weight_norm", "update_ratio", "act_mean", "act_std", "dead_frac", "saturated_frac")
 FINISHED = ("completed", "diverged")  # a run with one of these statuses has its whole record
@@ -53,9 +55,18 @@ def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_summary(out_dir: Path, summary: dict) -> None:
+def write_summary(out_dir: Path, summary: dict, name: str = SUMMARY) -> None:
+    """The run's row as JSON (`name`: summary.json, or diagnosis.json for a diagnosis); NaN and inf as null."""
     clean = {k: _finite_or_none(v) for k, v in summary.items()}
-    write_atomic(Path(out_dir) / SUMMARY, lambda f: json.dump(clean, f, indent=1))
+    write_atomic(Path(out_dir) / name, lambda f: json.dump(clean, f, indent=1))
+
+
+def record_of(run_dir: Path) -> Path | None:
+    """The row file of a run directory: its summary.json, else its diagnosis.json; None if neither."""
+    for name in (SUMMARY, DIAGNOSIS):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
 
 
 def write_table(path: Path, frame: pd.DataFrame) -> None:
@@ -137,10 +148,13 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return summary, epochs, layers
 
 
-def config_key(cfg: DictConfig) -> str:
+def config_key(cfg: DictConfig, record: str = SUMMARY) -> str:
     """A short hash of everything in `cfg` that decides a run's outcome: equal keys, equal runs.
-    Resume finds a sweep's finished jobs by it, whatever their job number."""
-    return config_hash(cfg, RUNTIME_KEYS)
+    Resume finds a sweep's finished jobs by it, whatever their job number. A diagnosis (`record`
+    DIAGNOSIS) of a config has a key of its own: it is not that config's training run."""
+    if record == DIAGNOSIS:
+        return config_hash(cfg, RUNTIME_KEYS, extra={"record": DIAGNOSIS})
+    return config_hash(cfg, (*RUNTIME_KEYS, "diagnose"))  # diagnose.*: read by deeprun-diagnose only
 
 
 def config_hash(cfg: DictConfig, leave_out: tuple[str, ...], extra: dict | None = None) -> str:
@@ -177,11 +191,12 @@ def natural_key(path: str | Path) -> list:
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Run directories (those holding a summary.json) at or under each path, in natural order."""
+    """Run directories (those holding a summary.json or a diagnosis.json) at or under each path, in natural order."""
     found: dict[Path, None] = {}
     for path in map(Path, paths):
-        for summary in sorted(path.rglob(SUMMARY), key=natural_key) if path.is_dir() else []:
-            found[summary.parent] = None
+        records = [*path.rglob(SUMMARY), *path.rglob(DIAGNOSIS)] if path.is_dir() else []
+        for record in sorted(records, key=lambda p: natural_key(p.parent)):
+            found[record.parent] = None
     return list(found)
 
 
@@ -193,10 +208,11 @@ def results_frame(paths: list[str | Path], relative_to: Path | None = None) -> p
     """
     rows = []
     for run_dir in find_runs(paths):
+        record = record_of(run_dir) or run_dir / SUMMARY
         try:
-            summary = json.loads((run_dir / SUMMARY).read_text())
+            summary = json.loads(record.read_text())
         except (OSError, ValueError) as e:
-            print(f"deeprun: skipping {run_dir / SUMMARY}: {e}", file=sys.stderr)
+            print(f"deeprun: skipping {record}: {e}", file=sys.stderr)
             continue
         run = run_dir.relative_to(relative_to) if relative_to is not None and run_dir.is_relative_to(relative_to) else run_dir
         rows.append({**summary, "overrides": _overrides(run_dir), "run": str(run)})

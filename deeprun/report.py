@@ -7,6 +7,7 @@ Reads records only: no torch, so it starts in about a second. matplotlib loads o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import re
@@ -20,7 +21,7 @@ import pandas as pd
 
 from .display import default_columns, fmt, print_results, varying_columns
 from .hints import suggest
-from .records import read_run, results_frame, write_atomic, write_table
+from .records import DIAGNOSIS, DIAGNOSIS_JACOBIAN, DIAGNOSIS_LAYERS, read_run, results_frame, write_atomic, write_table
 
 USAGE_ERROR = 2  # as `deeprun`: a user's mistake
 FORMATS = ("csv", "md", "parquet")
@@ -201,7 +202,8 @@ def pivot_stats(frame: pd.DataFrame, rows: str, cols: str, value: str) -> pd.Dat
         _column(frame, name, "--pivot")
     if len({rows, cols, value}) < 3:
         raise ReportError(f"{option}: ROWS, COLS and VALUE must be three different columns")
-    if frame[value].dtype.kind not in "iuf" or frame[value].isna().all():
+    text = frame[value].dtype.kind not in "iufb" and frame[value].notna().any()  # verdict@init: the commonest per cell
+    if not text and (frame[value].dtype.kind not in "iuf" or frame[value].isna().all()):
         numeric = [c for c in default_columns(frame) if frame[c].dtype.kind == "f" and frame[c].notna().any()]
         raise ReportError(f"{option}: VALUE {value} has no numbers in these runs; numeric: {', '.join(numeric)}")
     ran = frame[frame["status"] != "failed"] if "status" in frame else frame  # a failed run still says init=auto
@@ -211,10 +213,20 @@ def pivot_stats(frame: pd.DataFrame, rows: str, cols: str, value: str) -> pd.Dat
     if mixed:
         raise ReportError(f"{option}: a cell holds runs that differ in {', '.join(mixed)}, not only in seed; "
                           f"add --filter {mixed[0]}=<value> or pivot by {mixed[0]}")
-    stats = frame.groupby([rows, cols], dropna=False, sort=False)[value].agg(["mean", "std", "count"])
+    grouped = frame.groupby([rows, cols], dropna=False, sort=False)[value]
+    if text:
+        stats = pd.DataFrame({"mean": grouped.agg(_commonest), "std": math.nan, "count": grouped.count()})
+    else:
+        stats = grouped.agg(["mean", "std", "count"])
     stats = stats.reindex(pd.MultiIndex.from_product([_order(frame[rows]), _order(frame[cols])],
                                                      names=[rows, cols])).dropna(how="all")
     return stats.astype({"count": int})  # reindex made it float: "over 2 seeds", not "2.0"
+
+
+def _commonest(values: pd.Series):
+    """The most common text of a pivot cell (a verdict over seeds); the first seen where tied."""
+    counts = values.dropna().value_counts(sort=False)
+    return counts.idxmax() if len(counts) else None
 
 
 def _order(column: pd.Series) -> list:
@@ -287,8 +299,11 @@ def markdown(table: pd.DataFrame) -> str:
 def plots(frame: pd.DataFrame, plot_dir: Path, pivot: Sequence[str] | None = None,
           stats: pd.DataFrame | None = None) -> list[Path]:
     """Write loss.png, grad_norm.png and (with a pivot) the pivot's plot into plot_dir; their paths."""
-    runs, skipped = [], []
+    runs, skipped, diagnosed = [], [], []
     for _, row in frame.iterrows():
+        if (Path(row["run"]) / DIAGNOSIS).is_file() and not (Path(row["run"]) / "summary.json").is_file():
+            diagnosed.append(row)  # deeprun-diagnose's: no epochs, its own layer table
+            continue
         try:
             _, epochs, layers = read_run(Path(row["run"]))
         except (OSError, ValueError):  # a missing, torn or empty record (ValueError: pandas' EmptyDataError)
@@ -302,10 +317,13 @@ def plots(frame: pd.DataFrame, plot_dir: Path, pivot: Sequence[str] | None = Non
         groups, subtitle = _groups(frame, runs), _subtitle(frame, len(runs))
         figures["loss.png"] = _loss_figure(groups, subtitle)
         figures["grad_norm.png"] = _grad_figure(groups, subtitle)
+    if diagnosed:
+        figures["diagnosis.png"] = _diagnosis_figure(pd.DataFrame(diagnosed))
     if pivot:
         rows, cols, value = pivot
         name = re.sub(r"[^\w.@=-]+", "_", f"pivot_{value}_by_{rows}_and_{cols}.png")
-        figures[name] = _pivot_figure(stats, rows, cols, value, lines=frame[rows].dtype.kind in "iuf")
+        figures[name] = _pivot_figure(stats, rows, cols, value,
+                                      lines=frame[rows].dtype.kind in "iuf" and stats["mean"].dtype.kind in "iuf")
     plot_dir.mkdir(parents=True, exist_ok=True)
     for name, figure in figures.items():
         write_atomic(plot_dir / name, functools.partial(figure.savefig, format="png", dpi=110), mode="wb")
@@ -445,14 +463,66 @@ def _grad_figure(groups: dict[str, list], subtitle: str):
     return figure
 
 
+def _diagnosis_figure(frame: pd.DataFrame):
+    """deeprun-diagnose's runs: the gradient norm per layer at initialisation (mean over draws, the
+    spread as a band) and the histogram of the input-output Jacobian's singular values, a colour per
+    configuration."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (grads, hist) = _figure(2, 12, _subtitle(frame, len(frame)))
+    groups: dict[str, list[Path]] = {}
+    keys = [c for c in varying_columns(frame) if c not in SEEDS]
+    for _, row in frame.iterrows():
+        label = " ".join(f"{k}={_text(row[k])}" for k in keys) or Path(row["run"]).name
+        groups.setdefault(label, []).append(Path(row["run"]))
+    handles = []
+    for (label, runs), colour in zip(list(groups.items())[:MAX_GROUPS], _colours(min(len(groups), MAX_GROUPS))):
+        for run in runs:
+            with contextlib.suppress(OSError, ValueError):
+                layers = pd.read_csv(run / DIAGNOSIS_LAYERS)
+                grads.plot(layers["layer"], layers["grad_norm"], color=colour, marker="o", ms=3, lw=1.5)
+                low = (layers["grad_norm"] - layers["grad_norm_std"]).clip(lower=layers["grad_norm"] / 10)
+                grads.fill_between(layers["layer"], low, layers["grad_norm"] + layers["grad_norm_std"],
+                                   color=colour, alpha=0.15, lw=0)
+            with contextlib.suppress(OSError, ValueError):
+                values = pd.read_csv(run / DIAGNOSIS_JACOBIAN)["singular_value"].to_numpy(dtype=float)
+                values = values[np.isfinite(values) & (values > 0)]
+                if len(values):
+                    hist.hist(np.log10(values), bins=30, color=colour, alpha=0.5)
+        handles.append(Line2D([], [], color=colour, marker="o", label=label))
+    grads.set_yscale("log")
+    grads.xaxis.set_major_locator(MaxNLocator(integer=True))
+    grads.set(title="Gradient norm per layer at initialisation\n(mean over draws, band: ± std)",
+              xlabel="layer index (0 = first layer; last = output head)", ylabel="‖∂loss/∂W‖ (log scale)")
+    hist.set(title="Input-output Jacobian singular values\n(1 everywhere: dynamical isometry)",
+             xlabel="log10 singular value", ylabel="count")
+    for ax in (grads, hist):
+        ax.grid(alpha=0.3, which="both")
+    _legend(figure, handles)
+    return figure
+
+
 def _pivot_figure(stats: pd.DataFrame, rows: str, cols: str, value: str, lines: bool):
     """Lines of VALUE against ROWS, one per COLS value, when ROWS are numbers; else a heatmap."""
     from matplotlib.colors import LogNorm
 
     mean, std = _unstack(stats, "mean", cols), _unstack(stats, "std", cols)
     repeats = stats["count"].max()
-    title = f"{value} by {rows} and {cols}" + (f" (mean ± std over {repeats} seeds)" if repeats > 1 else "")
+    text = stats["mean"].dtype.kind not in "iuf"
+    title = f"{value} by {rows} and {cols}" + (f" ({'commonest' if text else 'mean ± std'} over {repeats} seeds)"
+                                                if repeats > 1 else "")
     figure, (ax,) = _figure(1, 8)
+    if text:  # categories (verdicts): a colour each, the name in the cell
+        names = list(dict.fromkeys(v for v in mean.to_numpy().ravel() if isinstance(v, str)))
+        codes = np.array([[names.index(v) if isinstance(v, str) else np.nan for v in r] for r in mean.to_numpy()])
+        ax.imshow(codes, cmap="tab10", vmin=0, vmax=9, aspect="auto")
+        ax.set_xticks(range(len(mean.columns)), labels=[_text(c) for c in mean.columns])
+        ax.set_yticks(range(len(mean.index)), labels=[_text(r) for r in mean.index])
+        for i, j in zip(*np.nonzero(np.isfinite(codes))):
+            ax.text(j, i, names[int(codes[i, j])], ha="center", va="center", color="white")
+        ax.set(xlabel=cols, ylabel=rows, title=title)
+        return figure
     if lines:
         _log_if_wide(ax.set_xscale, mean.index.astype(float))
         _log_if_wide(ax.set_yscale, mean.to_numpy(dtype=float).ravel())

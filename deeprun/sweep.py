@@ -108,12 +108,12 @@ def finished_run(directory: Path, key: str) -> Optional[tuple[Path, dict]]:
 def finished_runs(directory: Path) -> dict[str, tuple[Path, dict]]:
     """config_key -> (run directory, summary) of every finished run under `directory`, the first in
     natural order where several share a key: one pass over the records, for a whole batch of jobs."""
-    from .records import FINISHED, SUMMARY, find_runs
+    from .records import FINISHED, find_runs, record_of
 
     found: dict[str, tuple[Path, dict]] = {}
     for run in find_runs([directory]):
-        with contextlib.suppress(OSError, ValueError):
-            summary = json.loads((run / SUMMARY).read_text())
+        with contextlib.suppress(OSError, ValueError, TypeError):  # TypeError: the record went meanwhile
+            summary = json.loads(record_of(run).read_text())
             if summary.get("status") in FINISHED:
                 found.setdefault(summary.get("config_key"), (run, summary))
     return found

@@ -38,11 +38,13 @@ def compose_tiny():
     return tiny
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`deeprun ARGS` in `cwd`, as a user's shell runs it."""
+def run_cli(*args: str, cwd: Path, timeout: float = 120, env: dict | None = None,
+            program: str = "deeprun") -> subprocess.CompletedProcess:
+    """`deeprun ARGS` (or another of deeprun's console scripts) in `cwd`, as a user's shell runs it."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(DEEPRUN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run([str(DEEPRUN.with_name(program)), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
 
 
 @pytest.fixture

@@ -188,7 +188,7 @@ ERRORS = {
     "--filter no match": (["{sweep}", "--filter", "depth=3"], "depth=3: no run matches; depth here is one of: 2, 8"),
     "--filter not a number": (["{sweep}", "--filter", "depth=deep"], "--filter depth=deep: depth holds numbers"),
     "unknown --pivot": (["{sweep}", "--pivot", "depth", "actt", "final_train_loss"], "--pivot: no column 'actt'"),
-    "--pivot VALUE text": (["{sweep}", "--pivot", "depth", "act", "status"], "VALUE status has no numbers"),
+    "--pivot VALUE empty": (["{sweep}", "--pivot", "depth", "act", "error"], "VALUE error has no numbers"),
     "--pivot mixed cells": (["{sweep}", "--pivot", "depth", "seed", "final_train_loss"], "differ in act, not only"),
     "--pivot two args": (["{sweep}", "--pivot", "depth", "act"], "argument --pivot: expected 3 arguments"),
     "--out unwritable": (["{sweep}", "--out", "{sweep}/relu-d2-s0/summary.json/t.md"], "t.md: cannot write"),

@@ -1,0 +1,433 @@
+"""`deeprun-diagnose`: why a network will not train, told at initialisation, before it trains.
+
+For a config (the same groups, keys and errors as `deeprun`) it builds the data and the model and
+trains nothing. It measures, averaged over `diagnose.draws` initialisations, each weight layer's
+forward signal (the mean and std of the pre-activation and of the activation that follow it), its
+weight gradient on the first `diagnose.rows` training rows, and its dead and saturated fractions
+(probes.py's definitions, as layers.csv); for residual nets, Brock et al. (2021)'s signal-propagation
+numbers per block; the input-output Jacobian's singular values (jacobian.py); mean-field theory where
+it applies (meanfield.py). `judge` turns them into a verdict with its evidence and the fixes the
+seed experiments name; a training run's `verdict@init` is the same judge on its epoch 0.
+
+Records, in the run directory: diagnosis.json (one results row), diagnosis_layers.csv,
+diagnosis_blocks.csv (residual nets) and diagnosis_jacobian.csv (the singular values).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from . import jacobian, meanfield
+from .config import validate
+from .data import build_data, resolve_device
+from .models import Residual, build_model, count_params, init_weights, resolve_init, weight_layers
+from .probes import ACTIVATION_MODULES, Probes
+from .records import (DIAGNOSIS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN, DIAGNOSIS_LAYERS, config_key, config_row,
+                      write_summary, write_table)
+from .train import MEMBER_LOSS
+
+SIGNAL = ("pre_mean", "pre_std", "act_mean", "act_std", "grad_norm", "dead_frac", "saturated_frac")
+BLOCK_SIGNAL = ("avg_sq_mean", "avg_var", "branch_var")  # Brock et al. 2021, per residual block
+
+# The verdict's rules (README, "The verdict"): the first that holds names the net's trouble.
+DEAD = 0.5  # a layer whose units are half or more dead (never positive on the measured rows)
+SATURATED = 0.5  # a layer with half or more of its activations in the flat tails
+VANISHING = 1e-2  # grad_ratio@init (first layer's gradient over the last hidden layer's) below it
+EXPLODING = 1e2  # ... above it
+SIGNAL_LOST = 1e-4  # the last hidden layer's activation variance over the first's, below it: vanishing too
+SIGNAL_BLOWN = 1e4  # above it (or its residual blocks' output variance grows so): exploding
+VERDICTS = ("healthy", "vanishing", "exploding", "dead units", "saturated", "ordered", "chaotic")
+FIXES = {
+    "vanishing": "act=relu with init=auto, norm=batch norm.position=pre, model=resnet",
+    "exploding": "init=auto (a smaller weight variance), norm=batch, model=resnet model.residual_scale=rezero, grad_clip=1",
+    "dead units": "act=leaky_relu or act=elu, init=auto (kaiming), norm=batch norm.position=pre",
+    "saturated": "init=auto (xavier for tanh and sigmoid), norm=batch norm.position=pre, act=relu",
+    "ordered": "a larger weight variance (init=mean_field init.sigma_w2 near {critical}), a smaller depth (<= {depth}), model=resnet",
+    "chaotic": "a smaller weight variance (init=mean_field init.sigma_w2 near {critical}), a smaller depth (<= {depth}), norm=batch",
+}
+
+
+@dataclass
+class Diagnosis:
+    row: dict  # diagnosis.json: the config, then the verdict and its numbers
+    layers: pd.DataFrame  # diagnosis_layers.csv: per weight layer, mean and spread over the draws
+    blocks: pd.DataFrame  # diagnosis_blocks.csv: per residual block (empty for other nets)
+    singular_values: np.ndarray  # of the input-output Jacobian, pooled over samples and draws
+
+
+@dataclass
+class Verdict:
+    name: str  # one of VERDICTS
+    evidence: str
+    fixes: str
+
+
+def diagnose(cfg: DictConfig, out_dir: Optional[str | Path] = None, data=None, threads: Optional[int] = None) -> Diagnosis:
+    """Diagnose the net `cfg` builds, at initialisation; with `out_dir`, write the records there.
+    A config error raises ConfigError (as `deeprun`); a failure after that is recorded `failed`."""
+    start = time.perf_counter()
+    validate(cfg)
+    row = {**config_row(cfg, resolve_init(cfg.init, cfg.act), cfg.device.name), "config_key": config_key(cfg, DIAGNOSIS)}
+    device = resolve_device(cfg.device.name, None)
+    row["device"] = str(device)
+    data = data if data is not None else build_data(cfg, device)
+    model = build_model(cfg, data)
+    from .api import threads_for  # the thread count a training run of this net gets
+
+    torch.set_num_threads(cfg.device.threads or threads or threads_for(model, data, cfg.diagnose.rows))
+    row["threads"] = torch.get_num_threads()
+    draws = 1 if row["init"] == "checkpoint" else cfg.diagnose.draws  # given weights: one net to measure
+    rows = slice(0, cfg.diagnose.rows)
+    x, y = data.x_train[rows], data.y_train[rows]
+    probes = Probes(model, x)
+    per_draw, blocks, svs, spectra = [], [], [], []
+    per_draw_samples = -(-cfg.diagnose.jacobian_samples // draws)
+    for d in range(draws):
+        if d > 0:  # draw 0 is the net `deeprun` trains with this seed; the others re-draw its weights in place
+            redraw(model, cfg, cfg.seed + d)
+        layers, block = measure(model, probes, x, y, data.task)
+        per_draw.append(layers)
+        blocks.append(block)
+        if d * per_draw_samples < cfg.diagnose.jacobian_samples:  # the probe rows spread over the first draws
+            spectrum = jacobian.spectrum(model, x, samples=per_draw_samples, seed=cfg.seed + d)
+            spectra.append(spectrum)
+            svs.append(np.asarray(spectrum.get("singular_values", []), dtype=np.float64))
+    table = _spread(per_draw, probes.names)
+    block_table = _spread(blocks, [f"block{i}" for i in range(len(blocks[0]))]) if blocks[0] else pd.DataFrame()
+    theory = mean_field(cfg, model)
+    row.update(task=data.task, params=count_params(model), status="completed", draws=draws, rows=len(x))
+    row.update(init_columns(per_draw))
+    row.update(_jacobian_columns(spectra))
+    row.update({k: v for k, v in theory.items() if k != "singular_values"})
+    verdict = judge(row, theory, depth=_depth(cfg), act=cfg.act.name, blocks=block_table)
+    row.update({"verdict@init": verdict.name, "evidence": verdict.evidence, "fixes": verdict.fixes,
+                "seconds": time.perf_counter() - start, "error": None})
+    result = Diagnosis(row, table, block_table, np.concatenate(svs) if svs else np.array([]))
+    if out_dir is not None:
+        write(Path(out_dir), result)
+    return result
+
+
+def diagnose_group(cfgs: list[DictConfig], out_dirs: list[str | Path], threads: Optional[int] = None,
+                   job: Optional[int] = None) -> list[dict]:
+    """The batched launcher's group runner for deeprun-diagnose -m: each job diagnosed in turn; one
+    that fails is recorded `failed` with its error, and the others go on."""
+    rows = []
+    for cfg, out in zip(cfgs, out_dirs):
+        try:
+            rows.append(diagnose(cfg, out, threads=threads).row)
+        except KeyboardInterrupt:
+            write_summary(Path(out), {**_config_part(cfg), "status": "interrupted", "error": "KeyboardInterrupt"}, DIAGNOSIS)
+            raise
+        except Exception as e:
+            why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            row = {**_config_part(cfg), "status": "failed", "error": why}
+            Path(out).mkdir(parents=True, exist_ok=True)
+            write_summary(Path(out), row, DIAGNOSIS)
+            rows.append(row)
+    return rows
+
+
+def _config_part(cfg: DictConfig) -> dict:
+    """The config half of the row of a job that could not be diagnosed (as much as the config gives)."""
+    try:
+        return {**config_row(cfg, cfg.init.name, cfg.device.name), "config_key": config_key(cfg, DIAGNOSIS)}
+    except Exception:
+        return {}
+
+
+def write(out: Path, result: Diagnosis) -> None:
+    """The records, the row last: a row that says completed means the rest is there."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(out / DIAGNOSIS_LAYERS, result.layers)
+    if len(result.blocks):
+        write_table(out / DIAGNOSIS_BLOCKS, result.blocks)
+    write_table(out / DIAGNOSIS_JACOBIAN, pd.DataFrame({"singular_value": result.singular_values}))
+    write_summary(out, result.row, DIAGNOSIS)
+
+
+def redraw(model: nn.Module, cfg: DictConfig, seed: int) -> None:
+    """New weights for `model`, from `seed`, by its init scheme: an independent draw without building
+    the model again (which would draw torch's default init first, then the scheme's)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        if resolve_init(cfg.init, cfg.act) == "torch_default":
+            for layer in weight_layers(model).values():
+                layer.reset_parameters()
+    init_weights(model, cfg.init, cfg.act)
+
+
+# --- one draw -------------------------------------------------------------------------------
+
+def measure(model: nn.Module, probes: Probes, x: torch.Tensor, y: torch.Tensor, task: str) -> tuple[list[dict], list[dict]]:
+    """One forward and backward pass in training mode, as epoch 0's: per weight layer the SIGNAL
+    numbers, per residual block the BLOCK_SIGNAL ones."""
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    probes.start_epoch()
+    with probes.capture(), _pre_activations(model, probes) as pre, _residual_blocks(model) as blocks:
+        loss = MEMBER_LOSS[task](model(x).unsqueeze(0), y.unsqueeze(0))[0]
+    loss.backward()
+    probes.after_backward()
+    layers = probes.read(updated=False)
+    numbers = torch.stack(pre + blocks).tolist() if pre or blocks else []  # one host read
+    for layer in layers:
+        layer["pre_mean"] = layer["pre_std"] = math.nan
+    for (_, _, index), (mean, std, *_) in zip(probes.acts, numbers[:len(pre)]):
+        layers[index].update(pre_mean=mean, pre_std=std)
+    return [{k: layer[k] for k in SIGNAL} for layer in layers], \
+        [dict(zip(BLOCK_SIGNAL, values)) for values in numbers[len(pre):]]
+
+
+@contextlib.contextmanager
+def _pre_activations(model: nn.Module, probes: Probes):
+    """The mean and std of the input of each activation call the probes follow (a layer's pre-activation)."""
+    followed = {call for call, _, _ in probes.acts}
+    found: list[torch.Tensor] = []
+    calls = [0]
+
+    def take(module, inp, out):
+        if calls[0] in followed:
+            h = inp[0].detach()
+            found.append(torch.stack([h.mean(), h.std(), h.new_zeros(())]))  # padded to the blocks' three numbers
+        calls[0] += 1
+    modules = {m: None for m in model.modules() if isinstance(m, ACTIVATION_MODULES)}
+    handles = [m.register_forward_hook(take) for m in modules]
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _residual_blocks(model: nn.Module):
+    """Brock et al.'s signal-propagation numbers of each residual block's output: the average over
+    channels of the squared channel mean and of the channel variance, and the residual branch f(x)'s
+    average channel variance."""
+    found: list[torch.Tensor] = []
+    branch: dict[nn.Module, torch.Tensor] = {}
+
+    def channels(t: torch.Tensor) -> torch.Tensor:  # (B, C, ...) -> (C, B * positions)
+        return t.detach().transpose(0, 1).flatten(1)
+
+    def on_branch(module, inp, out):
+        branch[module] = channels(out).var(1, unbiased=False).mean()
+
+    def on_block(module, inp, out):
+        c = channels(out)
+        found.append(torch.stack([c.mean(1).square().mean(), c.var(1, unbiased=False).mean(), branch.pop(module.f)]))
+    blocks = [m for m in model.modules() if isinstance(m, Residual)]
+    handles = [m.f.register_forward_hook(on_branch) for m in blocks] + [m.register_forward_hook(on_block) for m in blocks]
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _spread(draws: list[list[dict]], names: list[str]) -> pd.DataFrame:
+    """Per row (layer or block): each number's mean over the draws and, as `<number>_std`, its spread."""
+    values = pd.DataFrame([{"draw": d, "index": i, **row} for d, rows in enumerate(draws) for i, row in enumerate(rows)])
+    numbers = [c for c in values.columns if c not in ("draw", "index")]
+    grouped = values.groupby("index", sort=True)[numbers]
+    mean, std = grouped.mean(), grouped.std(ddof=0)
+    kind = "layer" if names and not names[0].startswith("block") else "block"
+    table = pd.DataFrame({kind: mean.index, "name": [names[i] for i in mean.index]})
+    for c in numbers:
+        table[c] = mean[c].to_numpy()
+        table[f"{c}_std"] = std[c].to_numpy()
+    return table
+
+
+# --- the numbers of the row -----------------------------------------------------------------
+
+def init_columns(per_draw: list[list[dict]]) -> dict:
+    """The gradient and activation columns of the row at init, as a training run's epoch 0 names them:
+    grad_norm_first@init, grad_norm_last@init (the last hidden layer), grad_ratio@init (their ratio,
+    the geometric mean over draws), grad_decay@init (the ratio per layer between them), dead and
+    saturated maxima over layers of the draws' means."""
+    firsts = [d[0]["grad_norm"] for d in per_draw]
+    lasts = [d[max(len(d) - 2, 0)]["grad_norm"] for d in per_draw]
+    logs = [math.log10(f / l) if f > 0 and l > 0 else (-math.inf if l > 0 else math.nan) for f, l in zip(firsts, lasts)]
+    ratio = 10 ** float(np.mean(logs)) if logs and not any(math.isnan(v) for v in logs) else math.nan
+    steps = len(per_draw[0]) - 2  # layers from the first to the last hidden one
+    spread = _layer_means(per_draw, "act_std")  # the head has no activation: NaN
+    hidden = spread[np.isfinite(spread)]
+    with np.errstate(all="ignore"):
+        growth = float(hidden[-1] ** 2 / hidden[0] ** 2) if len(hidden) > 1 else math.nan
+    dead, saturated = (_layer_means(per_draw, k) for k in ("dead_frac", "saturated_frac"))
+    return {"grad_norm_first@init": float(np.mean(firsts)), "grad_norm_last@init": float(np.mean(lasts)),
+            "grad_ratio@init": ratio, "grad_decay@init": ratio ** (1 / steps) if steps > 0 and ratio >= 0 else math.nan,
+            "signal_growth@init": growth,
+            "dead_frac_max@init": _nanmax(dead), "dead_layer@init": _argmax(dead),
+            "saturated_frac_max@init": _nanmax(saturated), "saturated_layer@init": _argmax(saturated)}
+
+
+def _layer_means(per_draw: list[list[dict]], key: str) -> np.ndarray:
+    """Each layer's mean of `key` over the draws; NaN for a layer that has none (no such activation)."""
+    values = np.array([[layer[key] for layer in d] for d in per_draw], dtype=np.float64)
+    counts = np.isfinite(values).sum(0)
+    return np.where(counts > 0, np.nansum(values, 0) / np.maximum(counts, 1), np.nan)
+
+
+def _nanmax(values: np.ndarray) -> float:
+    return float(np.nanmax(values)) if np.isfinite(values).any() else math.nan
+
+
+def _argmax(values: np.ndarray) -> Optional[int]:
+    return int(np.nanargmax(values)) if np.isfinite(values).any() else None
+
+
+def _jacobian_columns(spectra: list[dict]) -> dict:
+    """The Jacobian's numbers over the draws: the extreme singular values, the mean square, the condition."""
+    if not spectra or not str(spectra[0].get("jac_method", "")).startswith(("exact", "estimated")):
+        return {"jac_method": spectra[0].get("jac_method") if spectra else None}
+    sv_max = max(s["jac_sv_max"] for s in spectra)
+    sv_min = min(s["jac_sv_min"] for s in spectra)
+    return {"jac_sv_max": sv_max, "jac_sv_min": sv_min,
+            "jac_sv_mean_sq": float(np.mean([s["jac_sv_mean_sq"] for s in spectra])),
+            "jac_condition": sv_max / sv_min if sv_min > 0 else math.inf,
+            "jac_method": spectra[0]["jac_method"], "jac_dims": spectra[0].get("jac_dims")}
+
+
+def _depth(cfg: DictConfig) -> int:
+    widths = OmegaConf.select(cfg, "model.widths")
+    return len(widths) if widths else cfg.depth
+
+
+def mean_field(cfg: DictConfig, model: nn.Module) -> dict:
+    """Mean-field numbers of the net (meanfield.analyse) with the weight and bias variances its init
+    gives, or `mean_field: not applicable: <why>` where the theory does not describe it."""
+    why = _not_mean_field(cfg)
+    if why:
+        return {"mean_field": f"not applicable: {why}"}
+    sigma_w2, sigma_b2 = init_variances(cfg, model)
+    theory = meanfield.analyse(cfg.act.name, sigma_w2, sigma_b2, slope=float(cfg.act.get("slope", 0.01)))
+    try:
+        critical = meanfield.critical_sigma_w2(cfg.act.name, sigma_b2, slope=float(cfg.act.get("slope", 0.01)))
+    except ValueError:
+        critical = math.nan
+    return {"mean_field": "applicable", "sigma_w2": sigma_w2, "sigma_b2": sigma_b2, "critical_sigma_w2": critical,
+            **theory}
+
+
+def _not_mean_field(cfg: DictConfig) -> Optional[str]:
+    if "_target_" in cfg.model:
+        return "a user's own model"
+    if cfg.model.name != "mlp":
+        return {"resnet": "residual blocks", "cnn": "a convolutional net", "resnet_cnn": "a convolutional residual net"
+                }.get(cfg.model.name, cfg.model.name)
+    if cfg.norm.name != "none":
+        return f"norm={cfg.norm.name} (the theory is of plain layers)"
+    if cfg.dropout > 0:
+        return "dropout (it rescales the length map)"
+    if cfg.act.name not in meanfield.ACTIVATIONS:
+        return f"act={cfg.act.name}"
+    return None
+
+
+def init_variances(cfg: DictConfig, model: nn.Module) -> tuple[float, float]:
+    """(sigma_w2, sigma_b2) of the hidden layers, fan_in * Var(W) and Var(b), as the init scheme
+    gives them (measured from the weights for init=checkpoint and unequal widths' schemes alike: the
+    mean over the hidden layers)."""
+    scheme = resolve_init(cfg.init, cfg.act)
+    hidden = [m for m in weight_layers(model).values()][1:-1] or list(weight_layers(model).values())[:1]
+    from .models import GAINS  # the gain each activation's scheme uses
+
+    gain2 = nn.init.calculate_gain(GAINS[cfg.act.name], float(cfg.act.get("slope", 0.0))) ** 2
+    per_layer = []
+    for layer in hidden:
+        fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+        per_layer.append({
+            "kaiming_normal": lambda: (gain2, 0.0), "kaiming_uniform": lambda: (gain2, 0.0),
+            "xavier_normal": lambda: (gain2 * 2 * fan_in / (fan_in + fan_out), 0.0),
+            "xavier_uniform": lambda: (gain2 * 2 * fan_in / (fan_in + fan_out), 0.0),
+            "orthogonal": lambda: (gain2 * fan_in / max(fan_in, fan_out), 0.0),
+            "lecun_normal": lambda: (1.0, 0.0),
+            "uniform": lambda: (fan_in * cfg.init.a ** 2 / 3, 0.0),
+            "normal": lambda: (fan_in * cfg.init.std ** 2, 0.0),
+            "mean_field": lambda: (float(cfg.init.sigma_w2), float(cfg.init.sigma_b2)),
+            "torch_default": lambda: (1 / 3, 1 / (3 * fan_in)),  # kaiming_uniform(a=sqrt(5)), bias U(+-1/sqrt(fan_in))
+        }.get(scheme, lambda: _measured(layer))())
+    return float(np.mean([w for w, _ in per_layer])), float(np.mean([b for _, b in per_layer]))
+
+
+def _measured(layer: nn.Module) -> tuple[float, float]:
+    w = layer.weight.detach()
+    b = layer.bias.detach() if layer.bias is not None else w.new_zeros(1)
+    return float(w[0].numel() * w.square().mean()), float(b.square().mean())
+
+
+# --- the verdict ------------------------------------------------------------------------------
+
+def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.DataFrame] = None) -> Verdict:
+    """The first rule that holds, in VERDICTS' order of trouble: dead units, saturated, vanishing,
+    exploding (measured), then ordered or chaotic (mean-field: deeper than 6 xi_c), else healthy."""
+    ratio, decay = row.get("grad_ratio@init", math.nan), row.get("grad_decay@init", math.nan)
+    growth = row.get("signal_growth@init", math.nan)
+    dead, saturated = row.get("dead_frac_max@init", math.nan), row.get("saturated_frac_max@init", math.nan)
+    notes = [_mean_field_note(theory, depth)] if theory.get("mean_field") == "applicable" else []
+    if isinstance(blocks, pd.DataFrame) and len(blocks) > 1 and blocks["avg_var"].iloc[0] > 0:
+        block_growth = float(blocks["avg_var"].iloc[-1] / blocks["avg_var"].iloc[0])
+        notes.append(f"the residual blocks' output variance grows x{block_growth:.3g} from the first to the last")
+    else:
+        block_growth = math.nan
+    gradient = (f"the first layer's gradient is 10^{math.log10(ratio):.1f} of the last hidden layer's"
+                + (f" (x{decay:.2g} per layer)" if math.isfinite(decay) else "")) if ratio > 0 and math.isfinite(ratio) \
+        else "the first layer's gradient is 0" if ratio == 0 else ""
+
+    def verdict(name: str, evidence: str, **fill) -> Verdict:
+        text = "; ".join(filter(None, [evidence, *notes]))
+        return Verdict(name, text, FIXES[name].format(**fill) if name in FIXES else "")
+    if dead >= DEAD:
+        return verdict("dead units", f"{dead:.0%} of layer {row.get('dead_layer@init')}'s units never fire on the "
+                                     f"{row.get('rows', 'measured')} rows" + (f"; {gradient}" if gradient else ""))
+    if saturated >= SATURATED:
+        return verdict("saturated", f"{saturated:.0%} of layer {row.get('saturated_layer@init')}'s activations sit in "
+                                    f"{act}'s flat tails" + (f"; {gradient}" if gradient else ""))
+    if ratio <= VANISHING or growth <= SIGNAL_LOST:
+        lost = f"the activation variance falls x{growth:.2g} from the first hidden layer to the last" \
+            if growth <= SIGNAL_LOST else ""
+        return verdict("vanishing", "; ".join(filter(None, [gradient, lost])))
+    if ratio >= EXPLODING or growth >= SIGNAL_BLOWN or block_growth >= SIGNAL_BLOWN:
+        blown = f"the activation variance grows x{growth:.3g} from the first hidden layer to the last" \
+            if growth >= SIGNAL_BLOWN else ""
+        return verdict("exploding", "; ".join(filter(None, [gradient if ratio >= EXPLODING else "", blown])))
+    if theory.get("mean_field") == "applicable" and depth > theory.get("trainable_depth", math.inf):
+        fill = dict(critical=f"{theory.get('critical_sigma_w2', math.nan):.3g}",
+                    depth=int(theory["trainable_depth"]))
+        phase = "chaotic" if theory.get("chi_1", 1.0) > 1 else "ordered"
+        return verdict(phase, gradient, **fill)
+    return verdict("healthy", gradient or "gradients and activations keep their scale through the net")
+
+
+def _mean_field_note(theory: dict, depth: int) -> str:
+    depth_text = "any depth" if not math.isfinite(theory.get("trainable_depth", math.inf)) \
+        else f"about {theory['trainable_depth']:.3g} layers"
+    return (f"mean-field: {theory.get('phase')} phase (chi_1 = {theory.get('chi_1', math.nan):.3g}), "
+            f"trainable to {depth_text} (6 xi_c), depth {depth}")
+
+
+def verdict_at_init(cfg: DictConfig, layers: pd.DataFrame, model: Optional[nn.Module]) -> Optional[str]:
+    """A training run's verdict@init: `judge` on its epoch-0 layers.csv rows (one draw, the first batch),
+    with mean-field numbers where they apply; None without epoch-0 rows."""
+    at = layers[layers.epoch == 0] if len(layers) else layers
+    if not len(at) or model is None:
+        return None
+    draw = [dict(r) | {"pre_mean": math.nan, "pre_std": math.nan} for r in at.to_dict("records")]
+    row = init_columns([draw])
+    theory = mean_field(cfg, model) if _not_mean_field(cfg) is None else {}
+    return judge(row, theory, depth=_depth(cfg), act=cfg.act.name).name

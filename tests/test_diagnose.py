@@ -1,0 +1,163 @@
+"""deeprun-diagnose: the per-layer numbers at initialisation against autograd, the verdict's rules, the
+records, the CLI (one run, a sweep, bad input) and a training run's verdict@init."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import deeprun
+from conftest import run_cli
+from deeprun import diagnosis as dg
+from deeprun.probes import Probes
+
+MODEL_D = ["model.widths=[8,8,8,8,8,8,8,8]", "init=uniform", "init.a=0.5", "data.val_fraction=0"]
+QUICK = ["log.progress=false", "diagnose.draws=2"]
+
+
+def cpu(*overrides: str):
+    return deeprun.compose(["device=cpu", *QUICK, *overrides])
+
+
+def built(*overrides: str):
+    cfg = cpu(*overrides)
+    data = deeprun.build_data(cfg, "cpu")
+    return cfg, data, deeprun.build_model(cfg, data)
+
+
+def test_gradient_and_signal_profile_equal_autograd(one_thread):
+    """The oracle: each layer's gradient norm is autograd's on the same weights and rows; the
+    pre-activation and activation numbers are those of the layer's own output, walked by hand."""
+    cfg, data, model = built(*MODEL_D, "act=sigmoid")
+    x, y = data.x_train[:256], data.y_train[:256]
+    layers, blocks = dg.measure(model, Probes(model, x), x, y, data.task)
+    weights = [m.weight for m in deeprun.models.weight_layers(model).values()]
+    grads = torch.autograd.grad(torch.nn.functional.mse_loss(model(x), y), weights)
+    assert [r["grad_norm"] for r in layers] == pytest.approx([g.norm().item() for g in grads], rel=1e-5)
+    h = x
+    for i, layer in enumerate(list(deeprun.models.weight_layers(model).values())[:-1]):
+        pre = layer(h)
+        h = torch.sigmoid(pre)
+        assert layers[i]["pre_mean"] == pytest.approx(pre.mean().item(), rel=1e-5, abs=1e-7)
+        assert layers[i]["pre_std"] == pytest.approx(pre.std().item(), rel=1e-5)
+        assert layers[i]["act_std"] == pytest.approx(h.std().item(), rel=1e-4)
+    assert math.isnan(layers[-1]["pre_mean"])  # the head: no activation follows it
+    assert blocks == []
+    # the seed's finding, at initialisation: sigmoid's gradient shrinks layer by layer towards the input
+    assert layers[0]["grad_norm"] < 1e-3 * layers[-2]["grad_norm"]
+
+
+def test_model_d_sigmoid_vanishes_and_relu_he_is_healthy(one_thread):
+    d = dg.diagnose(cpu(*MODEL_D, "act=sigmoid"))
+    row = d.row
+    assert row["verdict@init"] == "vanishing" and row["status"] == "completed"
+    assert row["grad_ratio@init"] < dg.VANISHING and 0 < row["grad_decay@init"] < 1
+    assert "10^-" in row["evidence"] and "act=relu" in row["fixes"]
+    assert row["mean_field"] == "applicable" and row["chi_1"] < 1 and row["phase"] == "ordered"
+    assert row["sigma_w2"] == pytest.approx(8 * 0.25 / 3)  # U(-a, a): fan_in a^2 / 3
+    assert len(d.layers) == 9 and {"grad_norm", "grad_norm_std", "pre_std", "act_std_std"} <= set(d.layers.columns)
+    assert row["draws"] == 2 and row["rows"] == 128  # diagnose.rows of the 400
+    healthy = dg.diagnose(cpu("depth=10", "width=64", "act=relu")).row
+    assert healthy["verdict@init"] == "healthy", healthy["evidence"]
+    assert healthy["chi_1"] == pytest.approx(1.0, rel=1e-6)  # He init: sigma_w2 = 2, chi_1 = sigma_w2 / 2
+
+
+def test_draws_are_independent_and_draw_zero_is_the_trained_net(one_thread):
+    cfg, data, model = built("depth=3", "width=16", "act=tanh")
+    d = dg.diagnose(cfg.copy())
+    assert (d.layers["grad_norm_std"] > 0).all()  # the draws differ
+    solo = deeprun.run(deeprun.compose(["device=cpu", "depth=3", "width=16", "act=tanh", "epochs=1",
+                                        "log.progress=false", f"batch_size={cfg.diagnose.rows}"]))
+    at_init = solo.layers[solo.layers.epoch == 0]
+    one = dg.diagnose(cpu("depth=3", "width=16", "act=tanh", "diagnose.draws=1"))
+    assert one.layers["grad_norm"].to_numpy() == pytest.approx(at_init["grad_norm"].to_numpy(), rel=1e-5)
+
+
+def test_residual_net_has_brock_numbers_and_no_mean_field(one_thread):
+    d = dg.diagnose(cpu("model=resnet", "depth=6", "width=16", "norm=none", "act=relu"))
+    assert list(d.blocks["block"]) == list(range(6))
+    assert {"avg_sq_mean", "avg_var", "branch_var", "avg_var_std"} <= set(d.blocks.columns)
+    assert (d.blocks["avg_var"] > 0).all()
+    # without a norm each block adds its branch's variance to the skip's: the signal grows with depth
+    assert d.blocks["avg_var"].iloc[-1] > d.blocks["avg_var"].iloc[0]
+    assert d.row["mean_field"] == "not applicable: residual blocks"
+
+
+@pytest.mark.parametrize("row,theory,expected", [
+    ({"grad_ratio@init": 0.5, "signal_growth@init": 1.0, "dead_frac_max@init": 0.0}, {}, "healthy"),
+    ({"grad_ratio@init": 1e-4, "grad_decay@init": 0.3, "signal_growth@init": 1.0}, {}, "vanishing"),
+    ({"grad_ratio@init": 0.5, "signal_growth@init": 1e-6}, {}, "vanishing"),
+    ({"grad_ratio@init": 1e3, "signal_growth@init": 1.0}, {}, "exploding"),
+    ({"grad_ratio@init": 1.0, "signal_growth@init": 1e6}, {}, "exploding"),
+    ({"grad_ratio@init": 1e-4, "dead_frac_max@init": 0.75, "dead_layer@init": 3}, {}, "dead units"),
+    ({"grad_ratio@init": 1e-4, "saturated_frac_max@init": 0.9, "saturated_layer@init": 1}, {}, "saturated"),
+    ({"grad_ratio@init": 0.5}, {"mean_field": "applicable", "chi_1": 0.9, "trainable_depth": 20.0,
+                               "phase": "ordered", "critical_sigma_w2": 1.76}, "ordered"),
+    ({"grad_ratio@init": 2.0}, {"mean_field": "applicable", "chi_1": 1.2, "trainable_depth": 30.0,
+                               "phase": "chaotic", "critical_sigma_w2": 1.76}, "chaotic"),
+    ({"grad_ratio@init": 0.5}, {"mean_field": "applicable", "chi_1": 0.99, "trainable_depth": 600.0,
+                               "phase": "ordered", "critical_sigma_w2": 1.76}, "healthy"),
+])
+def test_verdict_rules(row, theory, expected):
+    v = dg.judge(row, theory, depth=50, act="tanh")
+    assert v.name == expected
+    assert v.name in dg.VERDICTS and v.evidence
+    if expected in ("ordered", "chaotic"):
+        assert "1.76" in v.fixes and "mean-field" in v.evidence
+    if expected == "dead units":
+        assert "75% of layer 3's units" in v.evidence
+
+
+def test_records_and_results_row(tmp_path, one_thread):
+    out = tmp_path / "run"
+    dg.diagnose(cpu(*MODEL_D, "act=sigmoid"), out_dir=out)
+    row = json.loads((out / "diagnosis.json").read_text())
+    assert row["verdict@init"] == "vanishing" and row["config_key"]
+    layers = pd.read_csv(out / deeprun.records.DIAGNOSIS_LAYERS)
+    assert list(layers["name"][:2]) == ["fc0", "fc1"] and len(layers) == 9
+    assert len(pd.read_csv(out / deeprun.records.DIAGNOSIS_JACOBIAN)) > 0
+    frame = deeprun.records.results_frame([tmp_path])
+    assert len(frame) == 1 and frame["verdict@init"].iloc[0] == "vanishing"
+
+
+def test_training_summary_has_the_verdict_at_init(one_thread):
+    summary = deeprun.run(deeprun.compose(["device=cpu", *MODEL_D, "act=sigmoid", "epochs=2",
+                                           "log.progress=false"])).summary
+    assert summary["verdict@init"] == "vanishing"
+
+
+def test_pivot_of_a_verdict(tmp_path):
+    from deeprun.report import pivot_frame, pivot_stats
+
+    frame = pd.DataFrame({"depth": [2, 2, 50, 50, 50], "act": ["relu", "tanh", "relu", "tanh", "tanh"],
+                          "seed": [0, 0, 0, 0, 1], "status": "completed",
+                          "verdict@init": ["healthy", "healthy", "healthy", "vanishing", "vanishing"]})
+    stats = pivot_stats(frame, "depth", "act", "verdict@init")
+    table = pivot_frame(stats, "depth", "act")
+    assert list(table["act=tanh"]) == ["healthy", "vanishing"]
+
+
+@pytest.mark.slow
+def test_cli_one_run_a_sweep_and_bad_input(tmp_path):
+    one = run_cli_diagnose(tmp_path, *MODEL_D, "act=sigmoid")
+    assert one.returncode == 0, one.stderr
+    assert "vanishing" in one.stdout and "Try:" in one.stdout and "records:" in one.stdout
+    runs = list((tmp_path / "outputs").rglob("diagnosis.json"))
+    assert len(runs) == 1 and (runs[0].parent / ".hydra" / "config.yaml").exists()
+    sweep = run_cli_diagnose(tmp_path, "-m", "act=tanh,relu", "depth=2,20", "width=16", "hydra.sweep.dir=sw")
+    assert sweep.returncode == 0, sweep.stderr
+    results = pd.read_csv(tmp_path / "sw" / "results.csv")
+    assert len(results) == 4 and set(results["verdict@init"]) <= set(dg.VERDICTS)
+    assert "verdict@init" in sweep.stdout
+    bad = run_cli_diagnose(tmp_path, "diagnose.draws=0")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert "diagnose.draws" in bad.stderr and ">= 1" in bad.stderr
+
+
+def run_cli_diagnose(cwd, *args):
+    """`deeprun-diagnose ARGS` in `cwd`, as a user's shell runs it."""
+    return run_cli(*args, cwd=cwd, env={"COLUMNS": "200"}, program="deeprun-diagnose")
