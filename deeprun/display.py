@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -202,8 +203,17 @@ def print_results(frame, columns: Optional[list[str]] = None, title: Optional[st
 
 # --- deeprun-diagnose ---------------------------------------------------------------------
 
-DIAGNOSIS_COLUMNS = ("pre_std", "act_mean", "act_std", "grad_norm", "dead_frac", "saturated_frac")
+DIAGNOSIS_COLUMNS = ("pre_std", "act_std", "grad_norm", "dead_frac", "saturated_frac")  # the rest: the CSV
 SHOWN_LAYERS = 24  # a deeper net shows its first and last layers; the whole table is in diagnosis_layers.csv
+
+
+def _mean_spread(mean, std) -> str:
+    """`1.23e-05 ±12%`: the draws' mean and their spread relative to it (nothing where they agree)."""
+    if _missing(mean):
+        return "-"
+    if _missing(std) or std == 0 or mean == 0:
+        return f"{mean:.3g}"
+    return f"{mean:.3g} ±{min(abs(std / mean), 9.99):.0%}"
 
 
 def print_diagnosis(result, out_dir: Optional[Path], console: Optional[Console] = None) -> None:
@@ -212,18 +222,21 @@ def print_diagnosis(result, out_dir: Optional[Path], console: Optional[Console] 
     row, layers = result.row, result.layers
     title = (f"deeprun-diagnose: {row.get('model')} depth {row.get('depth')} width {row.get('width')} act {row.get('act')} "
              f"init {row.get('init')} norm {row.get('norm')}; {row.get('draws')} draws, {row.get('rows')} rows")
-    table = Table(title=title, title_justify="left")
-    for c in ("layer", "name", *DIAGNOSIS_COLUMNS):
-        table.add_column(c, justify="left" if c == "name" else "right", no_wrap=True)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)  # light rules: 80 columns hold it
+    # dead_frac for the ReLU family, saturated_frac for tanh and sigmoid: the one this net has
+    columns = [c for c in DIAGNOSIS_COLUMNS if c in layers and layers[c].notna().any()]
+    for c in ("layer", "name", *columns):
+        table.add_column(c, justify="left" if c == "name" else "right", no_wrap=True,
+                         min_width=None if c == "name" else len(c))
     shown = range(len(layers)) if len(layers) <= SHOWN_LAYERS else \
         [*range(SHOWN_LAYERS // 2), None, *range(len(layers) - SHOWN_LAYERS // 2, len(layers))]
     for i in shown:
         if i is None:
-            table.add_row("…", f"{len(layers) - SHOWN_LAYERS} more", *[""] * len(DIAGNOSIS_COLUMNS))
+            table.add_row("…", f"{len(layers) - SHOWN_LAYERS} more", *[""] * len(columns))
             continue
         r = layers.iloc[i]
-        cells = [fmt(r[c]) + ("" if _missing(r.get(f"{c}_std")) or r[f"{c}_std"] == 0 else f" ± {fmt(r[f'{c}_std'])}")
-                 for c in DIAGNOSIS_COLUMNS]
+        # the gradient's spread over the draws says whether one draw could mislead; the others' rarely matter
+        cells = [_mean_spread(r[c], r.get(f"{c}_std") if c == "grad_norm" else None) for c in columns]
         table.add_row(str(int(r["layer"])), str(r["name"]), *cells)
     console.print(table)
     facts = Table(show_header=False, box=None)

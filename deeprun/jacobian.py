@@ -135,6 +135,9 @@ class _Linearised:
         self.u0 = None
 
     def back(self, u: torch.Tensor, batched: bool = False) -> torch.Tensor:
+        if not batched:  # a scalar's backward: grad_outputs would import torch's symbolic shapes (0.25 s, once)
+            with torch.enable_grad():
+                return torch.autograd.grad((self.z * u).sum(), self.h, retain_graph=True)[0]
         return torch.autograd.grad(self.z, self.h, u, retain_graph=True, is_grads_batched=batched)[0]
 
     def push(self, v: torch.Tensor, batched: bool = False) -> torch.Tensor:
@@ -145,13 +148,19 @@ class _Linearised:
         return torch.autograd.grad(self.g, self.u0, v, retain_graph=True, is_grads_batched=batched)[0]
 
 
+SMALL_OUT = 64  # Jacobian rows taken one backward pass at a time, below which batching does not pay
+
+
 def _exact(jac: _Linearised) -> torch.Tensor:
     """(samples, min(n_out, n_in)) singular values of the full per-sample Jacobians. The frozen net treats
     samples independently, so one batched backward per output unit (e_k in every row) gives row k of
     every sample's J at once: n_out backward passes, vmapped into one."""
     samples, n_out = jac.z.shape
     basis = torch.eye(n_out, dtype=jac.z.dtype, device=jac.z.device).unsqueeze(1).expand(n_out, samples, n_out)
-    rows = jac.back(basis, batched=True)  # (n_out, samples, n_in)
+    if n_out <= SMALL_OUT:  # a few backward passes cost less than the batched one's first-call import
+        rows = torch.stack([jac.back(e) for e in basis])
+    else:
+        rows = jac.back(basis, batched=True)  # (n_out, samples, n_in)
     return torch.linalg.svdvals(rows.transpose(0, 1))
 
 
