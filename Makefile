@@ -29,11 +29,12 @@ test: install  ## the whole test suite
 test-fast: install  ## the suite without the slow end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install  ## deeprun vs a hand-written loop and Lightning, as ratios; sweep costs; stacked sweeps (STACK_BENCH_ARGS=--quick)
+bench: install  ## deeprun vs a hand-written loop and Lightning, as ratios; sweep costs; stacked sweeps (STACK_BENCH_ARGS=--quick); diagnosis times
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[bench]'
 	$(PY) bench/bench.py
 	$(PY) bench/sweep_bench.py
 	$(PY) bench/stack_bench.py $(STACK_BENCH_ARGS)
+	$(PY) bench/diagnose_bench.py
 
 experiments: install  ## run the seed presets, rewrite docs/experiments.md (ARGS="--only width_vs_depth")
 	$(PY) docs/experiments.py $(ARGS)

@@ -28,6 +28,10 @@ FORMATS = ("csv", "md", "parquet")
 SEEDS = ("seed", "data.seed")  # the columns a pivot cell may average over
 MAX_GROUPS = 20  # configurations per plot: beyond this, lines and legend stop being readable
 WIDE = 10  # values whose max/min is at least this (a decade) get a log axis
+FEW = 6  # configurations whose singular values get a histogram each; more get a range each
+# a verdict@init pivot: the same colour for a verdict in every plot (diagnosis.VERDICTS)
+VERDICT_COLOURS = {"healthy": "#2ca02c", "vanishing": "#1f77b4", "exploding": "#d62728", "dead units": "#7f7f7f",
+                   "saturated": "#9467bd", "ordered": "#17becf", "chaotic": "#ff7f0e"}
 SHARED = ("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "batch_size", "epochs", "data")
 
 EXAMPLES = """examples:
@@ -360,12 +364,12 @@ def _subtitle(frame: pd.DataFrame, n_runs: int) -> str:
     return f"{n_runs} run{'' if n_runs == 1 else 's'}; " + " ".join(shared)
 
 
-def _figure(ncols: int, width: float, subtitle: str = ""):
+def _figure(ncols: int, width: float, subtitle: str = "", sharey: bool = True):
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, 5.5), layout="constrained")
     figure.suptitle(subtitle, x=0.01, ha="left", fontsize="small", color="dimgray")
-    return figure, figure.subplots(1, ncols, sharey=True, squeeze=False)[0]
+    return figure, figure.subplots(1, ncols, sharey=sharey, squeeze=False)[0]
 
 
 def _colours(n: int) -> list:
@@ -470,14 +474,15 @@ def _diagnosis_figure(frame: pd.DataFrame):
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    figure, (grads, hist) = _figure(2, 12, _subtitle(frame, len(frame)))
+    figure, (grads, hist) = _figure(2, 12, _subtitle(frame, len(frame)), sharey=False)
     groups: dict[str, list[Path]] = {}
     keys = [c for c in varying_columns(frame) if c not in SEEDS]
     for _, row in frame.iterrows():
         label = " ".join(f"{k}={_text(row[k])}" for k in keys) or Path(row["run"]).name
         groups.setdefault(label, []).append(Path(row["run"]))
-    handles = []
+    handles, spectra = [], []
     for (label, runs), colour in zip(list(groups.items())[:MAX_GROUPS], _colours(min(len(groups), MAX_GROUPS))):
+        values = []
         for run in runs:
             with contextlib.suppress(OSError, ValueError):
                 layers = pd.read_csv(run / DIAGNOSIS_LAYERS)
@@ -486,17 +491,28 @@ def _diagnosis_figure(frame: pd.DataFrame):
                 grads.fill_between(layers["layer"], low, layers["grad_norm"] + layers["grad_norm_std"],
                                    color=colour, alpha=0.15, lw=0)
             with contextlib.suppress(OSError, ValueError):
-                values = pd.read_csv(run / DIAGNOSIS_JACOBIAN)["singular_value"].to_numpy(dtype=float)
-                values = values[np.isfinite(values) & (values > 0)]
-                if len(values):
-                    hist.hist(np.log10(values), bins=30, color=colour, alpha=0.5)
+                values.append(pd.read_csv(run / DIAGNOSIS_JACOBIAN)["singular_value"].to_numpy(dtype=float))
+        values = np.concatenate(values) if values else np.array([])
+        spectra.append((label, colour, np.log10(values[np.isfinite(values) & (values > 0)])))
         handles.append(Line2D([], [], color=colour, marker="o", label=label))
+    if len(spectra) <= FEW:  # a histogram each
+        for label, colour, logs in spectra:
+            if len(logs):
+                hist.hist(logs, bins=30, color=colour, histtype="step", lw=1.5)
+        hist.set(xlabel="log10 singular value", ylabel="count")
+    else:  # many: each configuration's range, smallest to largest, with its median
+        for i, (label, colour, logs) in enumerate(spectra):
+            if len(logs):
+                hist.plot([logs.min(), logs.max()], [i, i], color=colour, lw=3, solid_capstyle="butt")
+                hist.plot([np.median(logs)], [i], color="k", marker="|", ms=10)
+        hist.set_yticks(range(len(spectra)), labels=[""] * len(spectra))
+        hist.invert_yaxis()
+        hist.set(xlabel="log10 singular value (bar: smallest to largest; tick: median)", ylabel="configuration")
     grads.set_yscale("log")
     grads.xaxis.set_major_locator(MaxNLocator(integer=True))
     grads.set(title="Gradient norm per layer at initialisation\n(mean over draws, band: ± std)",
               xlabel="layer index (0 = first layer; last = output head)", ylabel="‖∂loss/∂W‖ (log scale)")
-    hist.set(title="Input-output Jacobian singular values\n(1 everywhere: dynamical isometry)",
-             xlabel="log10 singular value", ylabel="count")
+    hist.set(title="Input-output Jacobian singular values\n(all at 1: dynamical isometry)")
     for ax in (grads, hist):
         ax.grid(alpha=0.3, which="both")
     _legend(figure, handles)
@@ -514,9 +530,13 @@ def _pivot_figure(stats: pd.DataFrame, rows: str, cols: str, value: str, lines: 
                                                 if repeats > 1 else "")
     figure, (ax,) = _figure(1, 8)
     if text:  # categories (verdicts): a colour each, the name in the cell
+        from matplotlib.colors import ListedColormap
+
         names = list(dict.fromkeys(v for v in mean.to_numpy().ravel() if isinstance(v, str)))
         codes = np.array([[names.index(v) if isinstance(v, str) else np.nan for v in r] for r in mean.to_numpy()])
-        ax.imshow(codes, cmap="tab10", vmin=0, vmax=9, aspect="auto")
+        others = iter(c for c in _colours(10) if c not in VERDICT_COLOURS.values())
+        colours = [VERDICT_COLOURS.get(n) or next(others, "grey") for n in names]
+        ax.imshow(codes, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(names) - 0.5, aspect="auto")
         ax.set_xticks(range(len(mean.columns)), labels=[_text(c) for c in mean.columns])
         ax.set_yticks(range(len(mean.index)), labels=[_text(r) for r in mean.index])
         for i, j in zip(*np.nonzero(np.isfinite(codes))):

@@ -153,6 +153,11 @@ def test_cli_one_run_a_sweep_and_bad_input(tmp_path):
     results = pd.read_csv(tmp_path / "sw" / "results.csv")
     assert len(results) == 4 and set(results["verdict@init"]) <= set(dg.VERDICTS)
     assert "verdict@init" in sweep.stdout
+    from deeprun.report import main as report
+
+    report([str(tmp_path / "sw"), "--pivot", "depth", "act", "verdict@init", "--plot", str(tmp_path / "plots")])
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"diagnosis.png", "pivot_verdict@init_by_depth_and_act.png"}
+    assert all(p.stat().st_size > 10_000 for p in (tmp_path / "plots").iterdir())
     bad = run_cli_diagnose(tmp_path, "diagnose.draws=0")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "diagnose.draws" in bad.stderr and ">= 1" in bad.stderr
