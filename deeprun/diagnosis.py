@@ -187,7 +187,7 @@ def measure(model: nn.Module, probes: Probes, x: torch.Tensor, y: torch.Tensor, 
     model.train()
     for p in model.parameters():
         p.grad = None
-    probes.start_epoch()
+    probes.start_epoch(steps=False)
     with probes.capture(), _pre_activations(model, probes) as pre, _residual_blocks(model) as blocks:
         loss = MEMBER_LOSS[task](model(x).unsqueeze(0), y.unsqueeze(0))[0]
     loss.backward()
@@ -238,8 +238,8 @@ def _residual_blocks(model: nn.Module):
         branch[module] = channels(out).var(1, unbiased=False).mean()
 
     def on_block(module, inp, out):
-        c = channels(out)
-        found.append(torch.stack([c.mean(1).square().mean(), c.var(1, unbiased=False).mean(), branch.pop(module.f)]))
+        var, mean = torch.var_mean(channels(out), 1, unbiased=False)
+        found.append(torch.stack([mean.square().mean(), var.mean(), branch.pop(module.f)]))
     blocks = [m for m in model.modules() if isinstance(m, Residual)]
     handles = [m.f.register_forward_hook(on_branch) for m in blocks] + [m.register_forward_hook(on_block) for m in blocks]
     try:

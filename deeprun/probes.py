@@ -116,6 +116,7 @@ class Probes:
         self._captured: list[torch.Tensor] = []
         self.grad_sum: torch.Tensor | None = None  # (L, E), summed over the epoch's steps
         self.steps = 0
+        self._stepping = True  # whether the optimiser steps between start_epoch and collect
 
     @torch.no_grad()
     def _trace(self, x: torch.Tensor) -> tuple[dict[str, nn.Module], dict[int, tuple[str, int]], int, int]:
@@ -155,11 +156,13 @@ class Probes:
 
     # --- gradients and weights -------------------------------------------------
 
-    def start_epoch(self) -> None:
-        """An epoch to probe begins: W_before is the weights now."""
-        self.grad_sum, self.steps = None, 0
-        with torch.no_grad():
-            torch._foreach_copy_(self._before, self.weights)
+    def start_epoch(self, steps: bool = True) -> None:
+        """An epoch to probe begins: W_before is the weights now. `steps=False`: no optimiser step will
+        come before `collect` (a diagnosis), so W_before is W itself and needs no copy."""
+        self.grad_sum, self.steps, self._stepping = None, 0, steps
+        if steps:
+            with torch.no_grad():
+                torch._foreach_copy_(self._before, self.weights)
 
     def after_backward(self) -> None:
         """Add this step's weight-gradient norms (before clipping)."""
@@ -211,7 +214,10 @@ class Probes:
             e = self.members
             grads = self.grad_sum if self.grad_sum is not None else torch.full((len(self.weights), self.size), math.nan,
                                                                                   device=self._device)
-            if self.weights:  # ||W_after - W_before||, ||W_after||, ||W_before||: one norm call for all three
+            if self.weights and not self._stepping:  # W_after = W_before: the difference is 0
+                norms = member_norms(self.weights, e, self._plans[0])
+                parts = [torch.cat([grads, torch.zeros_like(norms), norms, norms])]
+            elif self.weights:  # ||W_after - W_before||, ||W_after||, ||W_before||: one norm call for all three
                 diffs = torch._foreach_sub(self.weights, self._before)
                 parts = [torch.cat([grads, member_norms([*diffs, *self.weights, *self._before], e, self._plans[1])])]
             else:
