@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from . import display
+from . import display, loggers
 from .config import OutOfMemory, memory_needed, validate, weight_count
 from .data import build_data, resolve_device
 from .diagnosis import verdict_at_init
@@ -86,6 +86,7 @@ class _Job:
         self.row = config_row(cfg, cfg.init.name, cfg.device.name)
         self.status, self.error, self.model = "running", None, None
         self.summary: dict = {}
+        self.logger: Optional[loggers.Logger] = None  # logger=tensorboard | mlflow: opened just before training
         if self.out is not None:  # from the first write on: a Ctrl-C leaves `interrupted`, never a stale `running`
             self.out.mkdir(parents=True, exist_ok=True)
             write_summary(self.out, {**self.row, "status": self.status})
@@ -107,15 +108,20 @@ class _Job:
                         "error": self.error}
         if any(v is not None for v in self.cfg.expect.values()):
             self.summary["expect_missed"] = missed_expectation(self.cfg.expect, self.summary)
-        if self.out is not None:
-            try:
-                write_table(self.out / EPOCHS, epochs)
-                write_table(self.out / LAYERS, layers)
-                write_summary(self.out, self.summary)
-            except OSError as e:  # disk full, folder gone: the summary must not claim a whole record
-                with contextlib.suppress(OSError):
-                    write_summary(self.out, {**self.summary, "status": "failed", "error": f"records not written: {e}"})
-                raise
+        try:
+            if self.out is not None:
+                try:
+                    write_table(self.out / EPOCHS, epochs)
+                    write_table(self.out / LAYERS, layers)
+                    write_summary(self.out, self.summary)
+                except OSError as e:  # disk full, folder gone: the summary must not claim a whole record
+                    with contextlib.suppress(OSError):
+                        write_summary(self.out, {**self.summary, "status": "failed", "error": f"records not written: {e}"})
+                    raise
+        finally:  # after the records: the epochs a Ctrl-C left unsynced, the summary, the status; never raises
+            if self.logger is not None:
+                self.logger, logger = None, self.logger
+                logger.finish(self.history, self.summary)
         return Result(self.summary, epochs, layers, self.model, self.out)
 
 
@@ -154,13 +160,25 @@ def _train_jobs(jobs: list[_Job], job: Optional[int], threads: Optional[int], al
                         raise
                     j.fail(e, data)
                     live.remove(j)
+        for j in list(live):  # logger=tensorboard | mlflow: a bad URI is one line, before any training
+            try:
+                j.logger = loggers.open_logger(j.cfg, j.out)
+            except Exception as e:
+                if alone:
+                    raise
+                j.fail(e)
+                live.remove(j)
         if live:
             torch.set_num_threads(cfg.device.threads or threads or _threads_for(live, data))
             for j in live:
                 j.row["threads"] = torch.get_num_threads()
+                if j.logger is not None:
+                    j.logger.start(j.row)
             with display.epoch_progress(cfg.epochs, enabled=progress) as show_row:
                 def log(member: int, row: dict) -> None:
                     show_row(row)
+                    if live[member].logger is not None:  # at the host sync: the epochs since the last, the layers
+                        live[member].logger.log(live[member].history)
                     if on_log is not None:
                         on_log(row)
                 train([j.model for j in live], data, [j.cfg for j in live], [j.history for j in live], log)

@@ -9,6 +9,7 @@ No torch import here: ``--help`` and config errors stay fast.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import os
 import sys
@@ -255,6 +256,24 @@ class RealDataConfig(DataConfig):  # scikit-learn's real sets (the `sklearn` ext
     scale_target: bool = True  # diabetes is a regression; on the classification sets it does nothing
 
 
+@dataclass
+class LoggerConfig:  # logger=none: deeprun's own records only
+    name: str = "none"
+
+
+@dataclass
+class TensorBoardLoggerConfig(LoggerConfig):
+    name: str = "tensorboard"
+    dir: Optional[str] = None  # null: <run dir>/tensorboard; else a root each run writes below (docs/config.md)
+
+
+@dataclass
+class MLflowLoggerConfig(LoggerConfig):
+    name: str = "mlflow"
+    tracking_uri: str = "sqlite:///outputs/mlflow.db"  # a relative sqlite path: from the working directory
+    experiment: str = "deeprun"
+
+
 # --- top level ----------------------------------------------------------------
 
 
@@ -294,6 +313,7 @@ class Config:
     scheduler: SchedulerConfig = MISSING
     device: DeviceConfig = MISSING
     data: Any = MISSING  # as model: data=custom takes a _target_
+    logger: LoggerConfig = MISSING  # how a run is recorded, not what it computes: not in config_key
     depth: int = 3
     width: int = 32
     epochs: int = 200
@@ -325,6 +345,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"regression": RegressionDataConfig, "diag_flip": DiagFlipDataConfig,
              "classification": ClassificationDataConfig, "images": ImagesDataConfig, "csv": CSVDataConfig,
              **dict.fromkeys(("digits", "breast_cancer", "wine", "iris", "diabetes"), RealDataConfig)},
+    "logger": {"tensorboard": TensorBoardLoggerConfig, "mlflow": MLflowLoggerConfig},
 }
 
 
@@ -355,7 +376,9 @@ CHOICES = {
     "device.name": ("auto", "cpu", "cuda", "mps"),
     "data.task": ("auto", "classification", "regression"),
     "model.residual_scale": ("1", "rezero", "skipinit", "fixup"),
+    "logger.name": ("none", "tensorboard", "mlflow"),
 }
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger -> its package; deeprun's extra is the logger's name
 # data=csv's own keys (a custom data node passes keys of these names on to the user's _target_)
 CSV_CHOICES = {
     "delimiter": ("auto", "comma", "semicolon", "tab", "pipe"),
@@ -488,6 +511,20 @@ def validate(cfg: DictConfig) -> None:
              cfg.objective, "a results column: " + ", ".join(EXPECT_COLUMNS))
     _validate_data(cfg.data)
     _validate_custom(cfg.model, "model")
+    _validate_logger(cfg)
+
+
+def _validate_logger(cfg: DictConfig) -> None:
+    """The logger's package is installed (checked without importing it: torch stays unloaded) and its keys are set."""
+    name = OmegaConf.select(cfg, "logger.name", default="none")  # a config saved before loggers: none
+    package = LOGGER_PACKAGES.get(name)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"logger={name} needs {package}, which is not installed; pip install 'deeprun[{name}]'")
+    for key in ("tracking_uri", "experiment", "dir"):
+        value = OmegaConf.select(cfg, f"logger.{key}")
+        if key in cfg.get("logger", {}) and (key != "dir" or value is not None):
+            _require(isinstance(value, str) and value.strip() != "", f"logger.{key}", value,
+                     "a non-empty string" + (" or null" if key == "dir" else ""))
 
 
 def _require_file(key: str, path: Optional[str], needed_by: str) -> None:

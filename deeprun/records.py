@@ -27,8 +27,8 @@ DIAGNOSIS_LAYERS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN = "diagnosis_layers.csv",
 GROUPS = ("model", "act", "init", "norm", "optimizer", "scheduler", "data", "device")
 LAYER_COLUMNS = ("grad_norm", "weight_norm", "update_ratio", "act_mean", "act_std", "dead_frac", "saturated_frac")
 FINISHED = ("completed", "diverged")  # a run with one of these statuses has its whole record
-# Keys that change how a run is driven, not what it computes: left out of its config_key
-RUNTIME_KEYS = ("resume", "strict", "expect", "log.progress")
+# Keys that change how a run is driven or recorded (logger=...), not what it computes: left out of its config_key
+RUNTIME_KEYS = ("resume", "strict", "expect", "log.progress", "logger")
 
 
 _UMASK = os.umask(0o022)

@@ -1,7 +1,12 @@
-"""`deeprun-report PATH...`: the results table of any runs, filtered and sorted; a pivot with mean ± std
-over seeds; the table written as csv, markdown or parquet; plots of loss curves and per-layer gradients.
+"""`deeprun-report PATH...`: the results table of any runs, filtered and sorted; pivots with mean ± std
+over seeds; the table written as csv, markdown or parquet; plots of loss curves and per-layer gradients;
+one self-contained HTML page of it all (--html, deeprun/html.py).
 
-Reads records only: no torch, so it starts in about a second. matplotlib loads only for --plot.
+Reads records only: no torch, so it starts in about a second. matplotlib loads only for --plot, altair
+only for --html.
+
+In Python, `deeprun.results(PATH)` is the table and `deeprun.report(PATH, html=..., pivot=..., plot=...)`
+everything else: `deeprun.report` names this module, which is callable for that (see _CallableModule).
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ import argparse
 import contextlib
 import functools
 import math
+import os
 import re
+import shlex
 import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Union
 
 import numpy as np
 import pandas as pd
@@ -33,6 +41,10 @@ FEW = 6  # configurations whose singular values get a histogram each; more get a
 VERDICT_COLOURS = {"healthy": "#2ca02c", "vanishing": "#1f77b4", "exploding": "#d62728", "dead units": "#7f7f7f",
                    "saturated": "#9467bd", "ordered": "#17becf", "chaotic": "#ff7f0e"}
 SHARED = ("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "batch_size", "epochs", "data")
+FEW_LAYER_PNGS = 3  # --plot without --layers: layers_<run>.png for each run when there are at most this many
+LAYER_FRACTIONS = (("dead_frac", "dead fraction (ReLU family)", "Reds"),
+                   ("saturated_frac", "saturated fraction (tanh, sigmoid)", "Purples"))
+Paths = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
 EXAMPLES = """examples:
   deeprun-report outputs/sweeps/2026-11-22_14-13-21-590484
@@ -40,6 +52,7 @@ EXAMPLES = """examples:
   deeprun-report outputs/sweeps/2026-11-22_14-13-21-590484 --wide
   deeprun-report runs/a runs/b --columns act,depth,final_train_loss,grad_norm_first --out table.md
   deeprun-report SWEEP --pivot depth act final_train_loss --out pivot.csv --plot plots/
+  deeprun-report SWEEP DIAGNOSIS_SWEEP --html report.html --pivot depth act final_val_loss --pivot depth act verdict@init
 """
 
 
@@ -49,9 +62,11 @@ class ReportError(ValueError):
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    command = shlex.join(["deeprun-report", *(sys.argv[1:] if argv is None else argv)])
     try:
         report(args.paths, columns=args.columns, sort=args.sort, filters=args.filters, pivot=args.pivot,
-               out=args.out, plot=args.plot, wide=args.wide)
+               out=args.out, plot=args.plot, wide=args.wide, html=args.html,
+               layers=args.layers, command=command)
     except ReportError as e:
         _fail(str(e))
     except BrokenPipeError:  # `deeprun-report ... | head`: the reader left; say nothing more
@@ -88,40 +103,63 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
                    help="keep runs whose KEY equals VALUE, compared as the column's type (null: missing); "
                         "repeat to require several, e.g. --filter depth=8 --filter status=completed")
-    p.add_argument("--pivot", nargs=3, metavar=("ROWS", "COLS", "VALUE"),
+    p.add_argument("--pivot", nargs=3, action="append", metavar=("ROWS", "COLS", "VALUE"),
                    help="VALUE per (ROWS, COLS) cell; mean ± std (sample std, ddof=1) where a cell holds runs "
-                        "that differ only by seed, e.g. --pivot depth act final_train_loss")
+                        "that differ only by seed; repeat for several, e.g. --pivot depth act final_train_loss")
     p.add_argument("--out", metavar="FILE",
                    help="write the table shown (with --pivot: the pivot, its std as '<col> std' columns); "
                         "the format follows the suffix: .csv, .md or .parquet, e.g. --out results.md")
     p.add_argument("--plot", metavar="DIR",
-                   help="write PNGs into DIR: loss.png (loss curves), grad_norm.png (gradient norm per layer "
-                        "at initialisation and at the end) and with --pivot the pivot, e.g. --plot plots/")
+                   help="write PNGs into DIR: loss.png (loss curves; a band over seeds), grad_norm.png (gradient "
+                        "norm per layer at initialisation and at the end), layers_<run>.png (layer x epoch "
+                        "heatmaps of the runs named by --layers; without it, of each run when there are at most "
+                        f"{FEW_LAYER_PNGS}) and with --pivot the pivot, e.g. --plot plots/")
+    p.add_argument("--layers", action="append", default=[], metavar="RUN",
+                   help="a run whose layer x epoch heatmaps --plot draws and --html opens with: its directory, "
+                        "the end of its path, or a sweep job's number (3 for 3_act=tanh,depth=8); repeat for "
+                        "several, e.g. --layers 3 --layers runs/relu-d8")
+    p.add_argument("--html", metavar="FILE",
+                   help="write one self-contained HTML page (no network needed to open it): the table, sortable "
+                        "and filterable, the pivots (default: the two swept keys against the objective), loss "
+                        "curves, per-layer views and the diagnosis; needs pip install 'deeprun[html]', "
+                        "e.g. --html report.html")
     return p
 
 
-def report(paths: Sequence[str], columns: str | None = None, sort: str | None = None,
-           filters: Sequence[str] = (), pivot: Sequence[str] | None = None, out: str | None = None,
-           plot: str | None = None, wide: bool = False) -> None:
-    """Everything deeprun-report does; raises ReportError for bad input before it writes anything."""
+def report(paths: Paths, columns: str | None = None, sort: str | None = None,
+           filters: Sequence[str] = (), pivot: Sequence[str] | Sequence[Sequence[str]] | None = None,
+           out: str | None = None, plot: str | None = None, wide: bool = False, html: str | None = None,
+           layers: Sequence[str] = (), command: str | None = None) -> pd.DataFrame:
+    """Everything deeprun-report does; raises ReportError for bad input before it writes anything.
+
+    paths: a run or sweep directory, or several; pivot: (ROWS, COLS, VALUE) or a list of them; html: the page
+    to write; layers: the runs (as chosen_runs reads them) whose layer x epoch heatmaps --plot draws and the
+    page opens with; command: how it was called, for the page. Returns the table of the runs kept (after
+    filters and sort)."""
+    paths = _paths(paths)
+    pivots = _pivots(pivot)
     out_path, plot_dir = _check_out(out), None if plot is None else Path(plot)
+    if out_path is not None and len(pivots) > 1:
+        raise ReportError(f"--out {out}: writes one table; give one --pivot with --out (the page of --html "
+                          "shows them all)")
     if plot_dir is not None and plot_dir.exists() and not plot_dir.is_dir():
         raise ReportError(f"--plot {plot}: not a directory; name a directory for the PNGs")
+    html_path = _check_html(html)
     everything = load(paths)
     frame = select(everything, filters, sort)
     # default: what varies among all the runs found, so a filter does not make its own column disappear
     shown = (list(dict.fromkeys(_column(frame, c.strip(), "--columns") for c in columns.split(","))) if columns
              else None)
     kept = f"{len(frame)} of {len(everything)}" if len(frame) < len(everything) else str(len(frame))
-    stats = pivot_stats(frame, *pivot) if pivot else None
+    stats = [pivot_stats(frame, *p) for p in pivots]
+    chosen = chosen_runs(frame, layers)
     # default columns: print_results fits them to the terminal; the file gets them all
     print_results(frame, shown, title=f"{kept} run{'' if kept == 1 else 's'} under {', '.join(paths)}", wide=wide,
                   source=" ".join(paths), every=default_columns(everything))
     table = frame[shown or default_columns(everything)]
-    if pivot:
-        rows, cols, value = pivot
-        table, cells = pivot_frame(stats, rows, cols), pivot_frame(stats, rows, cols, as_text=True)
-        over = f" (mean ± std over {stats['count'].max()} seeds)" if stats["count"].max() > 1 else ""
+    for (rows, cols, value), cell_stats in zip(pivots, stats):
+        table, cells = pivot_frame(cell_stats, rows, cols), pivot_frame(cell_stats, rows, cols, as_text=True)
+        over = f" (mean ± std over {cell_stats['count'].max()} seeds)" if cell_stats["count"].max() > 1 else ""
         print_results(cells, list(cells.columns), title=value + over)
     if out_path is not None:
         try:
@@ -131,11 +169,85 @@ def report(paths: Sequence[str], columns: str | None = None, sort: str | None = 
         print(f"wrote {out_path}")
     if plot_dir is not None:
         try:
-            written = plots(frame, plot_dir, pivot, stats)
+            written = plots(frame, plot_dir, list(zip(pivots, stats)), layer_runs=chosen if layers else None)
         except OSError as e:
             raise ReportError(f"--plot {plot}: cannot write: {e.strerror or e}") from None
         for path in written:
             print(f"wrote {path}")
+    if html_path is not None:
+        from . import html as page
+
+        try:
+            page.write(html_path, frame, everything, list(zip(pivots, stats)), paths=paths, chosen=chosen,
+                       command=command or _call(paths, pivots, filters), filters=filters)
+        except OSError as e:
+            raise ReportError(f"--html {html}: cannot write: {e.strerror or e}") from None
+        print(f"wrote {html_path}")
+    return frame
+
+
+def results(paths: Paths) -> pd.DataFrame:
+    """The results table deeprun-report builds of every run at or under `paths` (a directory or several):
+    one row per summary.json or diagnosis.json, its config and outcome columns, `overrides` and `run`."""
+    return load(_paths(paths))
+
+
+def _paths(paths: Paths) -> list[str]:
+    return [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
+
+
+def _pivots(pivot) -> list[tuple[str, str, str]]:
+    """--pivot's triples: None, one (ROWS, COLS, VALUE) or a list of them."""
+    if not pivot:
+        return []
+    triples = [pivot] if isinstance(pivot[0], str) else list(pivot)
+    for triple in triples:
+        if isinstance(triple, str) or len(triple) != 3:
+            raise ReportError(f"--pivot {triple}: expected ROWS COLS VALUE, e.g. --pivot depth act final_train_loss")
+    return [tuple(t) for t in triples]
+
+
+def _call(paths: list[str], pivots: list, filters: Sequence[str]) -> str:
+    """How the Python API was called, for the page's header."""
+    args = [repr(paths[0] if len(paths) == 1 else paths)]
+    args += [f"filters={list(filters)!r}"] if filters else []
+    args += [f"pivot={pivots!r}"] if pivots else []
+    return f"deeprun.report({', '.join(args)}, html=...)"
+
+
+def _check_html(html: str | None) -> Path | None:
+    if html is None:
+        return None
+    try:
+        import altair  # noqa: F401  (the charts' specs)
+        import vl_convert  # noqa: F401  (the vega, vega-lite and vega-embed scripts, inlined)
+    except ImportError:
+        raise ReportError("--html needs altair and vl-convert-python, which are not installed: "
+                          "pip install 'deeprun[html]'") from None
+    if Path(html).is_dir():
+        raise ReportError(f"--html {html}: a directory; name the file to write, e.g. --html report.html")
+    return Path(html)
+
+
+def chosen_runs(frame: pd.DataFrame, names: Sequence[str]) -> list[str]:
+    """The `run` paths of the runs named: each name a run directory, the end of its path (`relu-d8-s0`,
+    `sweep/3_act=tanh,depth=8`) or a sweep job's number (`3`: Hydra's job directory 3_act=tanh,depth=8, in
+    each sweep); an error naming some runs where one matches none."""
+    chosen: list[str] = []
+    runs = [str(r) for r in frame["run"]]
+    for name in names:
+        want = Path(name).parts
+        if name.isdigit():
+            found = [r for r in runs if Path(r).name == name or Path(r).name.startswith(f"{name}_")]
+        else:
+            found = [r for r in runs if want and (Path(r).parts[-len(want):] == want or Path(r) == Path(name))]
+        if not found:
+            examples = ", ".join(Path(r).name for r in runs[:3])
+            raise ReportError(f"--layers {name}: no run directory {name} among these runs; name one by its "
+                              f"directory, e.g. --layers {Path(runs[0]).name} (runs here: {examples}"
+                              f"{', ...' if len(runs) > 3 else ''})")
+        chosen += [r for r in found if r not in chosen]
+    return chosen
 
 
 def load(paths: Sequence[str]) -> pd.DataFrame:
@@ -300,9 +412,11 @@ def markdown(table: pd.DataFrame) -> str:
 
 # --- plots: matplotlib's Figure without pyplot renders PNGs on the Agg canvas, no display or global state ---
 
-def plots(frame: pd.DataFrame, plot_dir: Path, pivot: Sequence[str] | None = None,
-          stats: pd.DataFrame | None = None) -> list[Path]:
-    """Write loss.png, grad_norm.png and (with a pivot) the pivot's plot into plot_dir; their paths."""
+def plots(frame: pd.DataFrame, plot_dir: Path, pivots: Sequence[tuple[Sequence[str], pd.DataFrame]] = (),
+          layer_runs: Sequence[str] | None = None) -> list[Path]:
+    """Write loss.png, grad_norm.png, layers_<run>.png (the runs of `layer_runs`; None: each run when there
+    are at most FEW_LAYER_PNGS) and each pivot's plot (pivots: ((ROWS, COLS, VALUE), pivot_stats) pairs)
+    into plot_dir; their paths."""
     runs, skipped, diagnosed = [], [], []
     for _, row in frame.iterrows():
         if (Path(row["run"]) / DIAGNOSIS).is_file() and not (Path(row["run"]) / "summary.json").is_file():
@@ -321,11 +435,17 @@ def plots(frame: pd.DataFrame, plot_dir: Path, pivot: Sequence[str] | None = Non
         groups, subtitle = _groups(frame, runs), _subtitle(frame, len(runs))
         figures["loss.png"] = _loss_figure(groups, subtitle)
         figures["grad_norm.png"] = _grad_figure(groups, subtitle)
+    if layer_runs is None:
+        layer_runs = [str(row["run"]) for row, _, _ in runs] if len(runs) <= FEW_LAYER_PNGS else []
+    wanted = set(map(str, layer_runs))
+    names = _short_names([str(row["run"]) for row, _, _ in runs])
+    for (row, epochs, layers), name in zip(runs, names):
+        if str(row["run"]) in wanted:
+            figures[_file_name(f"layers_{name}.png")] = _layers_figure(layers, str(row["run"]))
     if diagnosed:
         figures["diagnosis.png"] = _diagnosis_figure(pd.DataFrame(diagnosed))
-    if pivot:
-        rows, cols, value = pivot
-        name = re.sub(r"[^\w.@=-]+", "_", f"pivot_{value}_by_{rows}_and_{cols}.png")
+    for (rows, cols, value), stats in pivots:
+        name = _file_name(f"pivot_{value}_by_{rows}_and_{cols}.png")
         figures[name] = _pivot_figure(stats, rows, cols, value,
                                       lines=frame[rows].dtype.kind in "iuf" and stats["mean"].dtype.kind in "iuf")
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -334,17 +454,38 @@ def plots(frame: pd.DataFrame, plot_dir: Path, pivot: Sequence[str] | None = Non
     return [plot_dir / name for name in figures]
 
 
-def _groups(frame: pd.DataFrame, runs: list) -> dict[str, list]:
-    """Runs by label, the values of the config columns that vary (`act=sigmoid depth=8`), at most MAX_GROUPS.
-    Seeds are left out, so the seeds of one config share a colour and a legend entry, and so is a column
-    that the others determine (init=auto's pick follows act)."""
+def _file_name(name: str) -> str:
+    return re.sub(r"[^\w.@=-]+", "_", name)
+
+
+def _short_names(runs: Sequence[str]) -> list[str]:
+    """Each run's path less the part all of them share (`sweep/3_act=tanh`, or its directory's name alone)."""
+    parts = [Path(r).parts for r in runs]
+    common = 0
+    while parts and all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return ["/".join(p[common:]) for p in parts]
+
+
+def label_keys(frame: pd.DataFrame, ran: pd.DataFrame) -> list[str]:
+    """The config columns that label a run (`act=sigmoid depth=8`): those that vary in `frame`, less seeds
+    and less a column that the others determine among the runs `ran` (init=auto's pick follows act)."""
     varying = varying_columns(frame)
     keys = [c for c in varying if c not in SEEDS] or varying
-    ran = pd.DataFrame([row for row, _, _ in runs])
+    if ran.empty:
+        return keys
     for k in reversed(keys[1:]):
         rest = [c for c in keys if c != k]
         if (ran.groupby(rest, dropna=False)[k].nunique(dropna=False) <= 1).all():
             keys = rest
+    return keys
+
+
+def _groups(frame: pd.DataFrame, runs: list) -> dict[str, list]:
+    """Runs by label, the values of the config columns that vary (`act=sigmoid depth=8`), at most MAX_GROUPS.
+    Seeds are left out, so the seeds of one config share a colour and a legend entry, and so is a column
+    that the others determine (init=auto's pick follows act)."""
+    keys = label_keys(frame, pd.DataFrame([row for row, _, _ in runs]))
     groups: dict[str, list] = {}
     for row, epochs, layers in runs:
         label = " ".join(f"{k}={_text(row[k])}" for k in keys) or Path(row["run"]).name
@@ -412,13 +553,21 @@ def _loss_figure(groups: dict[str, list], subtitle: str):
     from matplotlib.lines import Line2D
 
     figure, (ax,) = _figure(1, 10, subtitle)
-    handles, train, val = [], [], []
+    handles, train, val, banded = [], [], [], False
     for (label, runs), colour in zip(groups.items(), _colours(len(groups))):
         for epochs, _ in runs:
-            ax.plot(epochs["epoch"], epochs["train_loss"], color=colour, lw=1.5)
-            ax.plot(epochs["epoch"], epochs["val_loss"], color=colour, lw=1.5, ls="--")
             train += list(epochs["train_loss"])
             val += list(zip(epochs["epoch"], epochs["val_loss"]))
+        if len(runs) > 1:  # seeds: their mean, and a band from the lowest to the highest
+            banded = True
+            for column, ls in (("train_loss", "-"), ("val_loss", "--")):
+                mean, low, high = seed_band([epochs for epochs, _ in runs], column)
+                ax.plot(mean.index, mean, color=colour, lw=1.5, ls=ls)
+                ax.fill_between(mean.index, low, high, color=colour, alpha=0.15, lw=0)
+        else:
+            for epochs, _ in runs:
+                ax.plot(epochs["epoch"], epochs["train_loss"], color=colour, lw=1.5)
+                ax.plot(epochs["epoch"], epochs["val_loss"], color=colour, lw=1.5, ls="--")
         handles.append(Line2D([], [], color=colour, lw=2, label=label))
     handles += [Line2D([], [], color="k", label="train"), Line2D([], [], color="k", ls="--", label="validation")]
     finite = [v for v in train if math.isfinite(v)]
@@ -436,9 +585,62 @@ def _loss_figure(groups: dict[str, list], subtitle: str):
               else "epochs " + ", ".join(map(str, off)))
         ax.text(0.99, 0.98, f"validation loss above {top:.0e} at {at} is off the chart", transform=ax.transAxes,
                 ha="right", va="top", fontsize="small", color="dimgray")
-    ax.set(xlabel="epoch (0 = at initialisation)", ylabel="loss", title="Loss: train (solid), validation (dashed)")
+    ax.set(xlabel="epoch (0 = at initialisation)", ylabel="loss",
+           title="Loss: train (solid), validation (dashed)" + ("; seeds: mean, band from lowest to highest"
+                                                               if banded else ""))
     ax.grid(alpha=0.3, which="both")
     _legend(figure, handles)
+    return figure
+
+
+def seed_band(runs: Sequence[pd.DataFrame], column: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """mean, min and max of `column` over the epochs tables of a configuration's seeds, per epoch; only
+    finite values count (a diverged seed stops adding to the mean where its loss became NaN or inf)."""
+    values = pd.concat([e.drop_duplicates("epoch", keep="last").set_index("epoch")[column].astype(float)
+                        for e in runs if column in e], axis=1)
+    values = values.where(np.isfinite(values)).sort_index()
+    return values.mean(axis=1), values.min(axis=1), values.max(axis=1)
+
+
+def layer_grid(layers: pd.DataFrame, column: str) -> pd.DataFrame:
+    """`column` of layers.csv as a layer x epoch grid (rows: layer index, columns: logged epochs, both sorted;
+    a (layer, epoch) written twice, as by a resumed run: the last)."""
+    rows, cols = np.unique(layers["layer"].to_numpy()), np.unique(layers["epoch"].to_numpy())
+    grid = np.full((len(rows), len(cols)), np.nan)
+    grid[np.searchsorted(rows, layers["layer"].to_numpy()), np.searchsorted(cols, layers["epoch"].to_numpy())] = \
+        pd.to_numeric(layers[column], errors="coerce").to_numpy(dtype=float)
+    return pd.DataFrame(grid, index=pd.Index(rows, name="layer"), columns=pd.Index(cols, name="epoch"))
+
+
+def _layers_figure(layers: pd.DataFrame, run: str):
+    """One run's layer x epoch heatmaps: the gradient norm (log colour), and its dead or saturated fraction
+    where its activation has one."""
+    from matplotlib.colors import LogNorm
+
+    panels = [("grad_norm", "‖∂loss/∂W‖ (log colour)", "viridis")]
+    panels += [p for p in LAYER_FRACTIONS if p[0] in layers and layers[p[0]].notna().any()]
+    figure, axes = _figure(len(panels), 5.5 + 4.5 * len(panels), run, sharey=True)
+    names = layers.drop_duplicates("layer").set_index("layer")["name"] if "name" in layers else None
+    for ax, (column, title, cmap) in zip(axes, panels):
+        grid = layer_grid(layers, column)
+        values = grid.to_numpy(dtype=float)
+        finite = values[np.isfinite(values) & (values > 0)]
+        if column == "grad_norm":
+            norm = LogNorm(finite.min(), finite.max()) if len(finite) and finite.max() > finite.min() else None
+            image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", cmap=cmap, norm=norm,
+                              interpolation="nearest")
+        else:
+            image = ax.imshow(values, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        epochs = list(grid.columns)
+        ticks = sorted({int(round(t)) for t in np.linspace(0, len(epochs) - 1, min(len(epochs), 8))})
+        ax.set_xticks(ticks, labels=[str(epochs[t]) for t in ticks])
+        rows = list(grid.index)
+        shown = sorted({int(round(t)) for t in np.linspace(0, len(rows) - 1, min(len(rows), 24))})
+        ax.set_yticks(shown, labels=[f"{rows[t]} {names[rows[t]]}" if names is not None else str(rows[t])
+                                     for t in shown])
+        ax.set(title=title, xlabel="logged epoch")
+        figure.colorbar(image, ax=ax, shrink=0.8)
+    axes[0].set_ylabel("layer (0 = first layer; last = output head)")
     return figure
 
 
@@ -574,6 +776,16 @@ def _pivot_figure(stats: pd.DataFrame, rows: str, cols: str, value: str, lines: 
     figure.colorbar(image, ax=ax, label=value)
     return figure
 
+
+class _CallableModule(types.ModuleType):
+    """`deeprun.report` names this module (the console script's, `from deeprun import report`) and is the
+    notebook's call as well: deeprun.report(PATH, html="report.html", pivot=("depth", "act", "final_val_loss"))."""
+
+    def __call__(self, paths: Paths, **options) -> pd.DataFrame:
+        return report(paths, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,8 @@ from .records import config_hash
 # Keys members of one stack may differ in: they change numbers, not shapes. dropout's rate may
 # differ, not whether there is dropout (a Dropout module or none).
 MEMBER_KEYS = ("seed", "init", "lr", "optimizer.momentum", "optimizer.weight_decay", "optimizer.nesterov",
-               "dropout", "grad_clip", "save", "expect", "resume", "strict", "objective", "penalty", "log.progress")
+               "dropout", "grad_clip", "save", "expect", "resume", "strict", "objective", "penalty", "log.progress",
+               "logger", "diagnose")  # logger: each member logs to its own run; diagnose.*: deeprun-diagnose only
 
 
 def group_key(cfg: DictConfig) -> Optional[str]:

@@ -28,7 +28,7 @@ from conftest import ROOT
 from deeprun.cli import main
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml"))
-          for g in sorted((ROOT / "conf").iterdir()) if g.is_dir() and g.name not in ("hydra", "experiment")}
+          for g in sorted((ROOT / "conf").iterdir()) if g.is_dir() and g.name not in ("hydra", "experiment", "logger")}
 BAD_NAMES = ["nope", "RELU", "mlp2", "none_", "1"]
 HUGE = [10**12, -10**12, 1e300, "1e400"]
 WRONG = ["abc", "true", "[1,2]", "null", "''", "{a: 1}"]

@@ -300,3 +300,85 @@ def test_loss_outliers_are_off_the_chart_with_a_note():
     assert notes == ["validation loss above 5e+03 at epochs 0-1 is off the chart"]
     calm = report._loss_figure({"a": [(epochs.assign(val_loss=epochs["train_loss"]), None)]}, "1 run")
     assert len(calm.axes[0].texts) == 0 and calm.axes[0].get_ylim()[1] < 100
+
+
+# --- layer x epoch heatmaps, seed bands, several pivots, the Python API ------------------------------------
+
+def test_layers_pngs_for_the_runs_named_and_for_a_few_by_default(records, capsys, tmp_path):
+    out, _ = run_report(capsys, records["sweep"], "--plot", tmp_path / "named", "--layers", "relu-d8-s0",
+                        "--layers", f"{records['sweep'].name}/sigmoid-d8-s1", "--layers", "sigmoid-d2-s0")
+    named = sorted(p.name for p in (tmp_path / "named").iterdir() if p.name.startswith("layers_"))
+    assert named == ["layers_relu-d8-s0.png", "layers_sigmoid-d2-s0.png", "layers_sigmoid-d8-s1.png"]
+    for name in named:
+        assert (tmp_path / "named" / name).read_bytes()[:8] == PNG and f"wrote {tmp_path / 'named' / name}" in out
+    run_report(capsys, records["sweep"], "--filter", "act=sigmoid", "--filter", "depth=8", "--plot", tmp_path / "few")
+    assert sorted(p.name for p in (tmp_path / "few").iterdir() if p.name.startswith("layers_")) == \
+        ["layers_sigmoid-d8-s0.png", "layers_sigmoid-d8-s1.png"]  # two runs: a few, each drawn
+    run_report(capsys, records["sweep"], "--plot", tmp_path / "many")
+    assert not [p for p in (tmp_path / "many").iterdir() if p.name.startswith("layers_")]  # eight: none unasked
+
+
+def test_layers_figure_panels_follow_the_activation(records):
+    _, _, relu = report.read_run(records["sweep"] / "relu-d8-s0")
+    _, _, sigmoid = report.read_run(records["sweep"] / "sigmoid-d8-s0")
+    titles = [[ax.get_title() for ax in report._layers_figure(layers, "run").axes if ax.get_title()]
+              for layers in (relu, sigmoid)]
+    assert titles[0] == ["‖∂loss/∂W‖ (log colour)", "dead fraction (ReLU family)"]
+    assert titles[1] == ["‖∂loss/∂W‖ (log colour)", "saturated fraction (tanh, sigmoid)"]
+    grid = report.layer_grid(relu, "grad_norm")
+    assert list(grid.columns) == sorted(relu["epoch"].unique()) and list(grid.index) == list(range(9))
+    first = relu[(relu.epoch == 0) & (relu.layer == 0)]["grad_norm"].iloc[0]
+    assert grid.loc[0, 0] == pytest.approx(first)
+
+
+def test_unknown_layers_run_is_one_line_and_status_2(records, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(records["sweep"]), "--plot", "p", "--layers", "relu-d9-s0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "--layers relu-d9-s0: no run directory relu-d9-s0 among these runs" in err
+    assert not Path("p").exists()
+
+
+def test_loss_png_draws_seeds_as_a_mean_and_a_band():
+    from matplotlib.collections import PolyCollection
+
+    def epochs(shift):
+        return pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [1.0 + shift, 0.5 + shift, 0.2 + shift],
+                             "val_loss": [1.1 + shift, 0.6 + shift, 0.3 + shift]})
+    figure = report._loss_figure({"act=tanh (2 runs)": [(epochs(0), None), (epochs(0.1), None)],
+                                  "act=relu": [(epochs(0.5), None)]}, "3 runs")
+    ax = figure.axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # train and validation of the two seeds; none for the single run
+    assert [list(line.get_ydata()) for line in ax.lines[:1]] == [pytest.approx([1.05, 0.55, 0.25])]
+    assert "band from lowest to highest" in ax.get_title()
+    mean, low, high = report.seed_band([epochs(0), epochs(0.1).iloc[:2]], "train_loss")
+    assert list(mean) == pytest.approx([1.05, 0.55, 0.2]) and list(high) == pytest.approx([1.1, 0.6, 0.2])
+
+
+def test_several_pivots_each_printed_and_plotted(records, capsys, tmp_path):
+    out, _ = run_report(capsys, records["sweep"], "--pivot", "depth", "act", "final_train_loss",
+                        "--pivot", "act", "depth", "grad_norm_first", "--plot", tmp_path)
+    assert "final_train_loss (mean ± std over 2 seeds)" in out and "grad_norm_first (mean ± std over 2 seeds)" in out
+    for name in ("pivot_final_train_loss_by_depth_and_act.png", "pivot_grad_norm_first_by_act_and_depth.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(records["sweep"]), "--pivot", "depth", "act", "final_train_loss",
+                     "--pivot", "act", "depth", "grad_norm_first", "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "give one --pivot with --out" in err
+
+
+def test_python_api_is_the_report(records, capsys, tmp_path):
+    table = deeprun.results(records["sweep"])
+    pd.testing.assert_frame_equal(table, report.load([str(records["sweep"])]))
+    assert deeprun.results([records["sweep"], records["broken"]]).shape[0] == 8 + 2
+    kept = deeprun.report(str(records["sweep"]), filters=["act=relu"], pivot=("depth", "seed", "final_train_loss"),
+                          out=str(tmp_path / "p.csv"))
+    assert len(kept) == 4 and set(kept["act"]) == {"relu"}
+    assert list(pd.read_csv(tmp_path / "p.csv").columns) == ["depth", "seed=0", "seed=1"]
+    assert "final_train_loss" in capsys.readouterr().out
+    from deeprun import report as module
+
+    assert module is report and callable(module) and module.main is report.main
