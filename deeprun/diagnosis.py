@@ -42,6 +42,9 @@ BLOCK_SIGNAL = ("avg_sq_mean", "avg_var", "branch_var")  # Brock et al. 2021, pe
 
 # The verdict's rules (README, "The verdict"): the first that holds names the net's trouble.
 DEAD = 0.5  # a layer whose units are half or more dead (never positive on the measured rows)
+# ... for an activation flat below zero only: a never-positive leaky_relu, elu, selu, gelu, silu or mish unit
+# still passes a gradient, so it can recover (and leaky_relu and elu are the dead-unit fix below)
+DEAD_ACTS = ("relu",)
 SATURATED = 0.5  # a layer with half or more of its activations in the flat tails
 VANISHING = 1e-2  # grad_ratio@init (first layer's gradient over the last hidden layer's) below it
 EXPLODING = 1e2  # ... above it
@@ -385,7 +388,7 @@ def _measured(layer: nn.Module) -> tuple[float, float]:
 # --- the verdict ------------------------------------------------------------------------------
 
 def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.DataFrame] = None) -> Verdict:
-    """The first rule that holds, in VERDICTS' order of trouble: dead units, saturated, vanishing,
+    """The first rule that holds, in VERDICTS' order of trouble: dead units (ReLU), saturated, vanishing,
     exploding (measured), then ordered or chaotic (mean-field: deeper than 6 xi_c), else healthy."""
     ratio, decay = row.get("grad_ratio@init", math.nan), row.get("grad_decay@init", math.nan)
     growth = row.get("signal_growth@init", math.nan)
@@ -393,7 +396,8 @@ def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.Dat
     notes = [_mean_field_note(theory, depth)] if theory.get("mean_field") == "applicable" else []
     if isinstance(blocks, pd.DataFrame) and len(blocks) > 1 and blocks["avg_var"].iloc[0] > 0:
         block_growth = float(blocks["avg_var"].iloc[-1] / blocks["avg_var"].iloc[0])
-        notes.append(f"the residual blocks' output variance grows x{block_growth:.3g} from the first to the last")
+        if math.isfinite(block_growth):
+            notes.append(f"the residual blocks' output variance grows x{block_growth:.3g} from the first to the last")
     else:
         block_growth = math.nan
     gradient = (f"the first layer's gradient is 10^{math.log10(ratio):.1f} of the last hidden layer's"
@@ -403,7 +407,10 @@ def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.Dat
     def verdict(name: str, evidence: str, **fill) -> Verdict:
         text = "; ".join(filter(None, [evidence, *notes]))
         return Verdict(name, text, FIXES[name].format(**fill) if name in FIXES else "")
-    if dead >= DEAD:
+    overflow = [k for k in ("grad_norm_first@init", "grad_norm_last@init") if not math.isfinite(row.get(k, 0.0))]
+    if overflow or str(row.get("jac_method") or "").startswith("not finite"):
+        return verdict("exploding", "the signal or the gradient overflows float32 at initialisation")
+    if dead >= DEAD and act in DEAD_ACTS:
         return verdict("dead units", f"{dead:.0%} of layer {row.get('dead_layer@init')}'s units never fire on the "
                                      f"{row.get('rows', 'measured')} rows" + (f"; {gradient}" if gradient else ""))
     if saturated >= SATURATED:
@@ -440,5 +447,7 @@ def verdict_at_init(cfg: DictConfig, layers: pd.DataFrame, model: Optional[nn.Mo
         return None
     draw = [dict(r) | {"pre_mean": math.nan, "pre_std": math.nan} for r in at.to_dict("records")]
     row = init_columns([draw])
+    if cfg.norm.name == "batch":  # epoch 0's activations are probed in eval mode, through untrained running statistics
+        row.update({"signal_growth@init": math.nan, "dead_frac_max@init": math.nan, "saturated_frac_max@init": math.nan})
     theory = mean_field(cfg, model) if _not_mean_field(cfg) is None else {}
     return judge(row, theory, depth=_depth(cfg), act=cfg.act.name).name

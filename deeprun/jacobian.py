@@ -20,6 +20,7 @@ parameter gradient. Not thread-safe: do not run the same model elsewhere during 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import torch
@@ -265,6 +266,9 @@ def spectrum(model: nn.Module, x: torch.Tensor, samples: int = 4, exact_max: int
             if not jac.depends:
                 return _result(f"not applicable: the input of head '{head_name}' does not depend on the output "
                                f"of first layer '{first_name}'", f"{n_out}x{n_in}")
+            if not torch.isfinite(jac.z).all():  # the signal overflowed float32: no spectrum to take
+                return _result("not finite: the head's input overflows float32", f"{n_out}x{n_in}",
+                               math.inf, math.nan, math.inf)
             if n_in <= exact_max and n_out <= exact_max:
                 sv = _exact(jac)
                 method, mean_sq = "exact", sv.pow(2).mean().item()

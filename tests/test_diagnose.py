@@ -87,29 +87,38 @@ def test_residual_net_has_brock_numbers_and_no_mean_field(one_thread):
     assert d.row["mean_field"] == "not applicable: residual blocks"
 
 
-@pytest.mark.parametrize("row,theory,expected", [
-    ({"grad_ratio@init": 0.5, "signal_growth@init": 1.0, "dead_frac_max@init": 0.0}, {}, "healthy"),
-    ({"grad_ratio@init": 1e-4, "grad_decay@init": 0.3, "signal_growth@init": 1.0}, {}, "vanishing"),
-    ({"grad_ratio@init": 0.5, "signal_growth@init": 1e-6}, {}, "vanishing"),
-    ({"grad_ratio@init": 1e3, "signal_growth@init": 1.0}, {}, "exploding"),
-    ({"grad_ratio@init": 1.0, "signal_growth@init": 1e6}, {}, "exploding"),
-    ({"grad_ratio@init": 1e-4, "dead_frac_max@init": 0.75, "dead_layer@init": 3}, {}, "dead units"),
-    ({"grad_ratio@init": 1e-4, "saturated_frac_max@init": 0.9, "saturated_layer@init": 1}, {}, "saturated"),
+@pytest.mark.parametrize("row,theory,expected,act", [
+    ({"grad_ratio@init": 0.5, "signal_growth@init": 1.0, "dead_frac_max@init": 0.0}, {}, "healthy", "tanh"),
+    ({"grad_ratio@init": 1e-4, "grad_decay@init": 0.3, "signal_growth@init": 1.0}, {}, "vanishing", "tanh"),
+    ({"grad_ratio@init": 0.5, "signal_growth@init": 1e-6}, {}, "vanishing", "tanh"),
+    ({"grad_ratio@init": 1e3, "signal_growth@init": 1.0}, {}, "exploding", "tanh"),
+    ({"grad_ratio@init": 1.0, "signal_growth@init": 1e6}, {}, "exploding", "tanh"),
+    ({"grad_ratio@init": 1e-4, "dead_frac_max@init": 0.75, "dead_layer@init": 3}, {}, "dead units", "relu"),
+    # never positive is not dead where the activation still has a slope below zero: the other rules judge
+    ({"grad_ratio@init": 1e-4, "dead_frac_max@init": 0.75, "dead_layer@init": 3}, {}, "vanishing", "leaky_relu"),
+    ({"grad_ratio@init": 0.5, "dead_frac_max@init": 0.75, "dead_layer@init": 3}, {}, "healthy", "selu"),
+    ({"grad_ratio@init": 1e-4, "saturated_frac_max@init": 0.9, "saturated_layer@init": 1}, {}, "saturated", "tanh"),
     ({"grad_ratio@init": 0.5}, {"mean_field": "applicable", "chi_1": 0.9, "trainable_depth": 20.0,
-                               "phase": "ordered", "critical_sigma_w2": 1.76}, "ordered"),
+                               "phase": "ordered", "critical_sigma_w2": 1.76}, "ordered", "tanh"),
     ({"grad_ratio@init": 2.0}, {"mean_field": "applicable", "chi_1": 1.2, "trainable_depth": 30.0,
-                               "phase": "chaotic", "critical_sigma_w2": 1.76}, "chaotic"),
+                               "phase": "chaotic", "critical_sigma_w2": 1.76}, "chaotic", "tanh"),
     ({"grad_ratio@init": 0.5}, {"mean_field": "applicable", "chi_1": 0.99, "trainable_depth": 600.0,
-                               "phase": "ordered", "critical_sigma_w2": 1.76}, "healthy"),
+                               "phase": "ordered", "critical_sigma_w2": 1.76}, "healthy", "tanh"),
 ])
-def test_verdict_rules(row, theory, expected):
-    v = dg.judge(row, theory, depth=50, act="tanh")
+def test_verdict_rules(row, theory, expected, act):
+    v = dg.judge(row, theory, depth=50, act=act)
     assert v.name == expected
     assert v.name in dg.VERDICTS and v.evidence
     if expected in ("ordered", "chaotic"):
         assert "1.76" in v.fixes and "mean-field" in v.evidence
     if expected == "dead units":
         assert "75% of layer 3's units" in v.evidence
+
+
+def test_an_overflowing_net_is_exploding(one_thread):
+    """A plain skip without norm doubles its variance each block: 200 blocks overflow float32."""
+    row = dg.diagnose(cpu("model=resnet", "depth=200", "width=4", "norm=none", "diagnose.draws=1")).row
+    assert row["verdict@init"] == "exploding" and "overflows float32" in row["evidence"]
 
 
 def test_records_and_results_row(tmp_path, one_thread):

@@ -1,4 +1,5 @@
-"""The seed experiments as presets (conf/experiment/NAME.yaml, `deeprun -m experiment=NAME`).
+"""The seed experiments as presets (conf/experiment/NAME.yaml, `deeprun -m experiment=NAME`), and one
+paper's: criticality, Schoenholz et al. 2017's phase diagram.
 
 Every job of every preset's grid composes and validates; each preset then runs shrunk (fewer
 epochs, narrower, fewer jobs) as a user would, and the seed's claim is checked on the numbers
@@ -27,7 +28,7 @@ from deeprun.config import conf_dir, validate
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # jobs per full grid: the number the header comment of each preset promises
 JOBS = {"vanishing_gradients": 24, "width_vs_depth": 30, "init_comparison": 15, "bn_placement": 24,
-        "plain_vs_residual": 6, "cnn_vs_resnet_cnn": 6, "very_deep": 3}
+        "plain_vs_residual": 6, "cnn_vs_resnet_cnn": 6, "very_deep": 3, "criticality": 50}
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "250"}
 
 
@@ -44,7 +45,7 @@ def grid(name: str) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
-def test_the_presets_are_the_seven_seed_experiments():
+def test_the_presets_are_the_seven_seed_experiments_and_criticality():
     assert PRESETS == sorted(JOBS)
 
 
@@ -71,6 +72,35 @@ def test_vanishing_gradients_holds_the_seeds_five_runs():
     cfg = deeprun.compose(["experiment=vanishing_gradients", "model.widths=[8,8,8,8,8,8,8,8]", "act=sigmoid"])
     assert (cfg.init.name, cfg.init.a, cfg.optimizer.name, cfg.lr, cfg.epochs) == ("uniform", 0.5, "sgd", 0.01, 1000)
     assert cfg.batch_size is None and cfg.data.val_fraction == 0 and cfg.data.name == "regression"
+
+
+def test_criticality_grid_is_sigma_w2_across_the_edge_by_depth():
+    """The YAML's grid: tanh MLPs, init=mean_field with sigma_b2 0.05, 10 values of sigma_w2 on both sides of
+    the critical point by 5 depths from 10 to 100; the sigma_w2 of one depth differ in init only, so the
+    batched launcher trains each depth as one stack (5 stacks, not 50 runs)."""
+    from deeprun import meanfield
+    from deeprun.stack import group_key
+
+    jobs = grid("criticality")
+    depths = sorted({int(o.split("=")[1]) for j in jobs for o in j if o.startswith("depth=")})
+    sigmas = sorted({float(o.split("=")[1]) for j in jobs for o in j if o.startswith("init.sigma_w2=")})
+    assert depths == [10, 20, 40, 70, 100] and len(sigmas) == 10 and len(jobs) == 50
+    critical = meanfield.critical_sigma_w2("tanh", 0.05)
+    assert critical == pytest.approx(1.761, abs=1e-3)
+    assert min(sigmas) < critical < max(sigmas) and sum(s < critical for s in sigmas) >= 3
+    # the grid reaches both phases' untrainable side at the deepest depth, and the edge is in it
+    assert meanfield.analyse("tanh", min(sigmas), 0.05)["trainable_depth"] < max(depths)
+    assert meanfield.analyse("tanh", max(sigmas), 0.05)["trainable_depth"] < max(depths)
+    assert any(abs(s - critical) < 0.01 for s in sigmas)
+    keys = set()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        for job in jobs:
+            cfg = compose("config", overrides=["experiment=criticality", *job])
+            assert (cfg.act.name, cfg.init.name, cfg.init.sigma_b2, cfg.model.name, cfg.norm.name, cfg.dropout) == \
+                ("tanh", "mean_field", 0.05, "mlp", "none", 0.0)
+            assert cfg.data.name == "digits" and cfg.optimizer.name == "sgd"
+            keys.add(group_key(cfg))
+    assert len(keys) == len(depths)
 
 
 def test_uniform_init_draws_the_seeds_weights_and_zero_biases(one_thread):
@@ -117,6 +147,8 @@ SWEEPS = {  # name -> the command line after `deeprun -m`
     "very_deep": ["experiment=very_deep", "width=8", "epochs=10", "experiment/very_deep=plain,rezero"],
     "cnn_vs_resnet_cnn": ["experiment=cnn_vs_resnet_cnn", "depth=24", "width=8", "data.n=480", "epochs=6",
                           "seed=0,1"],
+    "criticality": ["experiment=criticality", "depth=40", "width=64", "lr=0.01", "epochs=8",
+                    "init.sigma_w2=0.5,1.76,6.0"],
 }
 _pool = ThreadPoolExecutor(2)
 _futures: dict[str, Future] = {}
@@ -236,3 +268,13 @@ def test_cnn_vs_resnet_cnn_deep_conv_resnet_trains_far_better(cnn_vs_resnet_cnn_
     assert list(plain.index) == list(residual.index) == [0, 1]
     assert (residual.final_train_loss < plain.final_train_loss - 0.3).all(), \
         results[["model", "seed", "final_train_loss"]]
+
+
+def test_criticality_only_the_edge_trains_at_depth_40(criticality_results):
+    """Schoenholz et al. 2017: depth 40 is beyond 6 xi_c on both sides of the edge at sigma_w2 = 0.5 (7 layers)
+    and 6 (33 layers), and there the net stays at chance (0.1 on 10 digits); at the critical sigma_w2 it trains."""
+    results = criticality_results.set_index("init.sigma_w2").sort_index()
+    assert list(results.index) == [0.5, 1.76, 6.0]
+    assert results.val_accuracy[1.76] > 0.6, results[["val_accuracy", "final_train_loss"]]
+    assert results.val_accuracy[0.5] < 0.3 and results.val_accuracy[6.0] < 0.3, results.val_accuracy
+    assert results.final_train_loss[1.76] < 0.5 * min(results.final_train_loss[0.5], results.final_train_loss[6.0])
