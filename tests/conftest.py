@@ -56,3 +56,31 @@ def cli(tmp_path):
 def run_dirs(root: Path) -> list[Path]:
     """Run directories (those holding a summary.json) under root, oldest first."""
     return sorted((p.parent for p in Path(root).rglob("summary.json")), key=lambda p: p.stat().st_mtime)
+
+
+def run_main(monkeypatch, *args: str) -> int:
+    """`deeprun ARGS` in this process (no torch start-up to pay); its exit status. Hydra's job logging
+    and torch's thread count are put back afterwards, so later tests see them as they were."""
+    import logging
+
+    import torch
+
+    from deeprun import cli, sweep
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # cli.main sets it; restored after the test
+    monkeypatch.setattr(sys, "argv", ["deeprun", *args])
+    monkeypatch.setattr(sweep, "_started", {})
+    threads = torch.get_num_threads()
+    loggers = {name: logger.disabled for name, logger in logging.root.manager.loggerDict.items()
+               if isinstance(logger, logging.Logger)}
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        cli.main()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    finally:  # Hydra's job logging disables every logger; other tests' loggers must work
+        logging.root.handlers[:], logging.root.level = handlers, level
+        for name, disabled in loggers.items():
+            logging.root.manager.loggerDict[name].disabled = disabled
+        torch.set_num_threads(threads)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf, open_dict
 
-from conftest import DEEPRUN, run_dirs
+from conftest import DEEPRUN, run_dirs, run_main
 from deeprun import api, cli, launcher, sweep
 from deeprun.config import conf_dir
 from deeprun.records import config_key
@@ -58,28 +56,10 @@ def thaw():
 @pytest.fixture
 def main(monkeypatch, capsys, tmp_path):
     """main(*args): `deeprun ARGS` in this process, in tmp_path; its exit status and output."""
-    import torch
-
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # cli.main sets it; restored after the test
-    threads = torch.get_num_threads()
 
     def run(*args: str) -> Ran:
-        monkeypatch.setattr(sys, "argv", ["deeprun", *args])
-        monkeypatch.setattr(sweep, "_started", {})
-        loggers = {name: logger.disabled for name, logger in logging.root.manager.loggerDict.items()
-                   if isinstance(logger, logging.Logger)}
-        handlers, level = logging.root.handlers[:], logging.root.level
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        finally:  # Hydra's job logging disables every logger; other tests' loggers must work
-            logging.root.handlers[:], logging.root.level = handlers, level
-            for name, disabled in loggers.items():
-                logging.root.manager.loggerDict[name].disabled = disabled
-            torch.set_num_threads(threads)
+        code = run_main(monkeypatch, *args)
         captured = capsys.readouterr()
         return Ran(code, captured.out, captured.err)
     return run

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import sys
@@ -33,8 +32,8 @@ from tensorboard.plugins.hparams.api_pb2 import Status  # noqa: E402
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 
 import deeprun  # noqa: E402
-from conftest import run_cli, run_dirs, tiny  # noqa: E402
-from deeprun import api, cli, loggers, sweep  # noqa: E402
+from conftest import run_cli, run_dirs, run_main, tiny  # noqa: E402
+from deeprun import api, loggers  # noqa: E402
 from deeprun.config import ConfigError  # noqa: E402
 from deeprun.records import LAYER_COLUMNS, config_key  # noqa: E402
 
@@ -84,28 +83,10 @@ def runs(store, request):
 @pytest.fixture
 def main(monkeypatch, capsys, tmp_path):
     """main(*args): `deeprun ARGS` in this process, in tmp_path; (exit status, stderr)."""
-    import torch
-
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    threads = torch.get_num_threads()
 
     def run(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["deeprun", *args])
-        monkeypatch.setattr(sweep, "_started", {})
-        disabled = {name: lg.disabled for name, lg in logging.root.manager.loggerDict.items()
-                    if isinstance(lg, logging.Logger)}
-        handlers, level = logging.root.handlers[:], logging.root.level
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        finally:  # Hydra's job logging disables every logger; other tests' must work
-            logging.root.handlers[:], logging.root.level = handlers, level
-            for name, was in disabled.items():
-                logging.root.manager.loggerDict[name].disabled = was
-            torch.set_num_threads(threads)
+        code = run_main(monkeypatch, *args)
         return code, capsys.readouterr().err
     return run
 
