@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import platform
 import re
 import time
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class _Job:
                         **metrics_row(self.cfg, self.history.metric, epochs, layers),
                         "verdict@init": verdict_at_init(self.cfg, layers, self.model),
                         "seconds": (time.perf_counter() - self.start) / stack_size, "stack_size": stack_size,
+                        "host": platform.node(), "torch": torch.__version__,
                         "error": self.error}
         if any(v is not None for v in self.cfg.expect.values()):
             self.summary["expect_missed"] = missed_expectation(self.cfg.expect, self.summary)

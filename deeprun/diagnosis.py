@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,8 @@ def _diagnose(cfg: DictConfig, out_dir: Optional[str | Path], data, threads: Opt
     row.update({k: v for k, v in theory.items() if k != "singular_values"})
     verdict = judge(row, theory, depth=_depth(cfg), act=cfg.act.name, blocks=block_table)
     row.update({"verdict@init": verdict.name, "evidence": verdict.evidence, "fixes": verdict.fixes,
-                "seconds": time.perf_counter() - start, "error": None})
+                "seconds": time.perf_counter() - start, "host": platform.node(), "torch": torch.__version__,
+                "error": None})
     result = Diagnosis(row, table, block_table, np.concatenate(svs) if svs else np.array([]))
     if out_dir is not None:
         write(Path(out_dir), result)
