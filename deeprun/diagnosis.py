@@ -32,7 +32,7 @@ from torch import nn
 from . import jacobian, meanfield
 from .config import validate
 from .data import build_data, resolve_device
-from .models import Residual, build_model, count_params, init_weights, resolve_init, weight_layers
+from .models import GAINS, Residual, build_model, count_params, init_weights, resolve_init, weight_layers
 from .probes import ACTIVATION_MODULES, Probes
 from .records import (DIAGNOSIS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN, DIAGNOSIS_LAYERS, config_key, config_row,
                       write_summary, write_table)
@@ -93,7 +93,7 @@ def diagnose(cfg: DictConfig, out_dir: Optional[str | Path] = None, data=None, t
 def _diagnose(cfg: DictConfig, out_dir: Optional[str | Path], data, threads: Optional[int]) -> Diagnosis:
     start = time.perf_counter()
     validate(cfg)
-    row = {**config_row(cfg, resolve_init(cfg.init, cfg.act), cfg.device.name), "config_key": config_key(cfg, DIAGNOSIS)}
+    row = _config_part(cfg, resolve_init(cfg.init, cfg.act))
     device = resolve_device(cfg.device.name, None)
     row["device"] = str(device)
     data = data if data is not None else build_data(cfg, device)
@@ -144,23 +144,28 @@ def diagnose_group(cfgs: list[DictConfig], out_dirs: list[str | Path], threads: 
         try:
             rows.append(diagnose(cfg, out, threads=threads).row)
         except KeyboardInterrupt:
-            write_summary(Path(out), {**_config_part(cfg), "status": "interrupted", "error": "KeyboardInterrupt"}, DIAGNOSIS)
+            write_summary(Path(out), _failed_row(cfg, status="interrupted", error="KeyboardInterrupt"), DIAGNOSIS)
             raise
         except Exception as e:
             why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-            row = {**_config_part(cfg), "status": "failed", "error": why}
+            row = _failed_row(cfg, status="failed", error=why)
             Path(out).mkdir(parents=True, exist_ok=True)
             write_summary(Path(out), row, DIAGNOSIS)
             rows.append(row)
     return rows
 
 
-def _config_part(cfg: DictConfig) -> dict:
-    """The config half of the row of a job that could not be diagnosed (as much as the config gives)."""
+def _config_part(cfg: DictConfig, init: Optional[str] = None) -> dict:
+    """The config half of a diagnosis row; `init` the scheme used (None: as the config names it)."""
+    return {**config_row(cfg, init or cfg.init.name, cfg.device.name), "config_key": config_key(cfg, DIAGNOSIS)}
+
+
+def _failed_row(cfg: DictConfig, **outcome) -> dict:
+    """The row of a job that could not be diagnosed: as much of the config as it gives, then why."""
     try:
-        return {**config_row(cfg, cfg.init.name, cfg.device.name), "config_key": config_key(cfg, DIAGNOSIS)}
-    except Exception:
-        return {}
+        return {**_config_part(cfg), **outcome}
+    except Exception:  # a config too broken for config_row: the row says only what happened
+        return outcome
 
 
 def write(out: Path, result: Diagnosis) -> None:
@@ -361,8 +366,6 @@ def init_variances(cfg: DictConfig, model: nn.Module) -> tuple[float, float]:
     mean over the hidden layers)."""
     scheme = resolve_init(cfg.init, cfg.act)
     hidden = [m for m in weight_layers(model).values()][1:-1] or list(weight_layers(model).values())[:1]
-    from .models import GAINS  # the gain each activation's scheme uses
-
     gain2 = nn.init.calculate_gain(GAINS[cfg.act.name], float(cfg.act.get("slope", 0.0))) ** 2
     per_layer = []
     for layer in hidden:
