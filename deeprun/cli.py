@@ -118,7 +118,7 @@ def _diagnose(cfg: DictConfig) -> Optional[float]:
 
 # what the batched launcher runs a group of this app's jobs with, and the record each job leaves
 _diagnose.deeprun_group = "deeprun.diagnosis:diagnose_group"
-_diagnose.deeprun_record = "diagnosis.json"
+_diagnose.deeprun_record = "diagnosis.json"  # records.DIAGNOSIS: records loads pandas, which --help need not
 _diagnose_app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_diagnose)
 
 

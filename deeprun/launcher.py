@@ -41,6 +41,9 @@ from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_writ
 
 from . import sweep
 from .config import ConfigError
+from .records import SUMMARY
+
+TRAIN_GROUP = "deeprun.api:run_group"  # how a group of deeprun's jobs runs; deeprun-diagnose's task names its own
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +292,7 @@ class Batched:
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
-        self.runner, self.record = "deeprun.api:run_group", "summary.json"
+        self.runner, self.record = TRAIN_GROUP, SUMMARY
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         if self.submitit is not None and self.submitit not in SUBMITIT_KINDS:
@@ -307,8 +310,8 @@ class Batched:
             hydra_context.config_loader = FastConfigLoader(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         # deeprun trains a group with api.run_group; deeprun-diagnose's task names its own runner and record
-        self.runner = getattr(task_function, "deeprun_group", "deeprun.api:run_group")
-        self.record = getattr(task_function, "deeprun_record", "summary.json")
+        self.runner = getattr(task_function, "deeprun_group", TRAIN_GROUP)
+        self.record = getattr(task_function, "deeprun_record", SUMMARY)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         _freeze_heap()
@@ -579,7 +582,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _record_lost(out: Path, why: str, record: str = "summary.json") -> dict:
+def _record_lost(out: Path, why: str, record: str = SUMMARY) -> dict:
     """A job whose group ended without its final record (a submitit task killed, run_group raising): the
     record says `failed`, with why; a record that is final stays as it is."""
     from .records import FINISHED, write_summary
