@@ -23,7 +23,7 @@ from .data import build_data, resolve_device
 from .diagnosis import verdict_at_init
 from .models import build_model, count_params, resolve_init
 from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, missed_expectation,
-                      write_atomic, write_summary, write_table)
+                      remove_partial, write_atomic, write_summary, write_table)
 from .train import History, member_options, train
 
 
@@ -90,6 +90,7 @@ class _Job:
         self.logger: Optional[loggers.Logger] = None  # logger=tensorboard | mlflow: opened just before training
         if self.out is not None:  # from the first write on: a Ctrl-C leaves `interrupted`, never a stale `running`
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_partial(self.out)
             write_summary(self.out, {**self.row, "status": self.status})
 
     def fail(self, e: Exception, data=None) -> Optional[str]:

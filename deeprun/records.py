@@ -51,6 +51,13 @@ def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
         raise
 
 
+def remove_partial(run_dir: Path) -> None:
+    """Delete what write_atomic left half-written in `run_dir` when its process was killed (SIGKILL
+    mid-write): a job starting in its directory again (resume=true) leaves no stale temporary file."""
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
