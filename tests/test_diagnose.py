@@ -115,6 +115,34 @@ def test_verdict_rules(row, theory, expected, act):
         assert "75% of layer 3's units" in v.evidence
 
 
+def test_a_layer_narrower_than_the_targets_is_a_bottleneck(one_thread):
+    """The diagonal flip's targets span 4 dimensions: through 2 hidden units no training fits them, through 4 it can."""
+    narrow = dg.diagnose(cpu("data=diag_flip", "model.widths=[2]", "init=kaiming_normal")).row
+    assert (narrow["narrowest"], narrow["target_rank"]) == (2, 4)
+    assert narrow["verdict@init"] == "bottleneck" and "2 units, fewer than the 4 dimensions" in narrow["evidence"]
+    assert "at least 4 wide" in narrow["fixes"]
+    wide = dg.diagnose(cpu("data=diag_flip", "model.widths=[8]", "init=kaiming_normal")).row
+    assert (wide["narrowest"], wide["target_rank"], wide["verdict@init"]) == (8, 4, "healthy")
+    classes = dg.diagnose(cpu("data=classification", "depth=2", "width=2")).row
+    assert classes["target_rank"] is None and classes["verdict@init"] != "bottleneck"  # logits need no full rank
+    cfg, data, model = built("model=cnn", "data=images", "depth=2", "width=4")
+    assert dg.narrowest(model) is None and dg.target_rank(data) is None
+
+
+def test_dead_units_on_the_draw_a_seed_trains_are_dead_units(one_thread):
+    """In a 4-4 ReLU net the draw decides: seed 1's own weights leave half of layer 0 dead on the 16 images,
+    which the mean over 8 draws (22%) hides; seed 0's own draw has fewer, and stays healthy."""
+    flip = ("data=diag_flip", "model.widths=[4,4]", "act=relu", "init=kaiming_normal", "diagnose.draws=8")
+    doomed = dg.diagnose(cpu(*flip, "seed=1")).row
+    assert doomed["verdict@init"] == "dead units"
+    assert doomed["dead_frac_max@init"] < dg.DEAD  # the mean over draws alone would say healthy
+    assert doomed["evidence"].startswith("on draw 0, the net this seed trains: 50% of layer 0's units never fire")
+    assert "(the mean over the 8 draws is healthy)" in doomed["evidence"]
+    assert dg.diagnose(cpu(*flip, "seed=0")).row["verdict@init"] == "healthy"
+    one = dg.diagnose(cpu(*flip, "seed=1", "diagnose.draws=1")).row  # one draw: the main rule judges it
+    assert one["verdict@init"] == "dead units" and not one["evidence"].startswith("on draw 0")
+
+
 def test_an_overflowing_net_is_exploding(one_thread):
     """A plain skip without norm doubles its variance each block: 200 blocks overflow float32."""
     row = dg.diagnose(cpu("model=resnet", "depth=200", "width=4", "norm=none", "diagnose.draws=1")).row

@@ -207,7 +207,7 @@ def test_estimated_plain_hutchinson_part():
     exact, est = spectrum(model, x), spectrum(model, x, exact_max=100)
     assert est["jac_sv_mean_sq"] == pytest.approx(exact["jac_sv_mean_sq"], rel=0.1)
     assert est["jac_sv_max"] == pytest.approx(exact["jac_sv_max"], rel=0.02)
-    assert est["jac_sv_min"] >= exact["jac_sv_min"]
+    assert est["jac_sv_min"] >= exact["jac_sv_min"] * (1 - 1e-5)  # an upper bound, up to float32 rounding
 
 
 def test_estimated_is_deterministic_given_seed():
