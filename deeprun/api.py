@@ -20,7 +20,7 @@ from torch import nn
 from . import display, loggers
 from .config import OutOfMemory, memory_needed, validate, weight_count
 from .data import build_data, resolve_device
-from .diagnosis import verdict_at_init
+from .diagnosis import target_rank, verdict_at_init
 from .models import build_model, count_params, resolve_init
 from .records import (EPOCHS, LAYERS, config_row, epoch_columns, layer_columns, metrics_row, missed_expectation,
                       remove_partial, write_atomic, write_summary, write_table)
@@ -37,6 +37,7 @@ class Result:
 
 
 SMALL_WORK = 1 << 24  # multiply-adds a step below which one torch thread is fastest (more only wait on each other)
+SMALL_OP = 1 << 21  # ... or of the largest layer's: a deep narrow net's ops are each too small to split
 
 
 def run(cfg: DictConfig, out_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
@@ -86,6 +87,7 @@ class _Job:
         self.history = History(metric="")
         self.row = config_row(cfg, cfg.init.name, cfg.device.name)
         self.status, self.error, self.model = "running", None, None
+        self.target_rank: Optional[int] = None  # the data's, for verdict@init
         self.summary: dict = {}
         self.logger: Optional[loggers.Logger] = None  # logger=tensorboard | mlflow: opened just before training
         if self.out is not None:  # from the first write on: a Ctrl-C leaves `interrupted`, never a stale `running`
@@ -101,11 +103,11 @@ class _Job:
 
     def result(self, stack_size: int) -> Result:
         """Write the records (summary.json last: a final status means the rest is there)."""
-        epochs = pd.DataFrame(self.history.epochs, columns=epoch_columns(self.history.metric or "val_metric"))
+        epochs = pd.DataFrame(self.history.epochs, columns=epoch_columns(self.history.metric))
         layers = pd.DataFrame(self.history.layers(), columns=layer_columns())
         self.summary = {**self.row, "status": self.status, "diverged_epoch": self.history.diverged_epoch,
                         **metrics_row(self.cfg, self.history.metric, epochs, layers),
-                        "verdict@init": verdict_at_init(self.cfg, layers, self.model),
+                        "verdict@init": verdict_at_init(self.cfg, layers, self.model, self.target_rank),
                         "seconds": (time.perf_counter() - self.start) / stack_size, "stack_size": stack_size,
                         "host": platform.node(), "torch": torch.__version__,
                         "error": self.error}
@@ -150,9 +152,10 @@ def _train_jobs(jobs: list[_Job], job: Optional[int], threads: Optional[int], al
             for j in live:
                 j.row["device"] = str(device)
             data = build_data(cfg, device)
+            rank = target_rank(data)  # verdict@init's bottleneck rule
             for j in list(live):
                 try:
-                    j.history.metric = data.metric
+                    j.history.metric, j.target_rank = data.metric, rank
                     j.model = build_model(j.cfg, data)
                     j.row.update(task=data.task, n_classes=data.n_classes,
                                  loss_units=data.loss_units, params=count_params(j.model),
@@ -215,11 +218,13 @@ def _threads_for(jobs: list[_Job], data) -> int:
 
 
 def threads_for(model: nn.Module, data, batch_size: Optional[int], members: int = 1) -> int:
-    """Torch threads for this work: one for small nets (SMALL_WORK), else torch's default (a thread per core)."""
+    """Torch threads for this work: one for a small net (SMALL_WORK) or one of small layers (SMALL_OP: on a
+    busy machine, threads that split a small op wait on each other, 2-8x slower), else torch's default."""
     rows = min(batch_size or len(data.x_train), len(data.x_train))
     positions = math.prod(data.in_shape[1:]) if len(data.in_shape) > 1 else 1  # a conv weight's uses per sample
-    work = members * rows * count_params(model) * positions
-    return 1 if work <= SMALL_WORK else DEFAULT_THREADS
+    uses = members * rows * positions
+    largest = max((p.numel() for p in model.parameters()), default=0)
+    return 1 if uses * count_params(model) <= SMALL_WORK or uses * largest <= SMALL_OP else DEFAULT_THREADS
 
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, read before any run changes it

@@ -480,14 +480,16 @@ def _mean_field_note(theory: dict, depth: int) -> str:
             f"trainable to {depth_text} (6 xi_c), depth {depth}")
 
 
-def verdict_at_init(cfg: DictConfig, layers: pd.DataFrame, model: Optional[nn.Module]) -> Optional[str]:
+def verdict_at_init(cfg: DictConfig, layers: pd.DataFrame, model: Optional[nn.Module],
+                    rank: Optional[int] = None) -> Optional[str]:
     """A training run's verdict@init: `judge` on its epoch-0 layers.csv rows (one draw, the first batch),
-    with mean-field numbers where they apply; None without epoch-0 rows."""
+    with mean-field numbers where they apply, and `rank`, the data's `target_rank`, for the bottleneck
+    rule; None without epoch-0 rows."""
     at = layers[layers.epoch == 0] if len(layers) else layers
     if not len(at) or model is None:
         return None
     draw = [dict(r) | {"pre_mean": math.nan, "pre_std": math.nan} for r in at.to_dict("records")]
-    row = init_columns([draw])
+    row = init_columns([draw]) | {"narrowest": narrowest(model), "target_rank": rank}
     if cfg.norm.name == "batch":  # epoch 0's activations are probed in eval mode, through untrained running statistics
         row.update({"signal_growth@init": math.nan, "dead_frac_max@init": math.nan, "saturated_frac_max@init": math.nan})
     theory = mean_field(cfg, model) if _not_mean_field(cfg) is None else {}

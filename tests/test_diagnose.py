@@ -203,3 +203,12 @@ def test_cli_one_run_a_sweep_and_bad_input(tmp_path):
 def run_cli_diagnose(cwd, *args):
     """`deeprun-diagnose ARGS` in `cwd`, as a user's shell runs it."""
     return run_cli(*args, cwd=cwd, env={"COLUMNS": "200"}, program="deeprun-diagnose")
+
+
+def test_a_training_run_too_narrow_for_its_targets_is_a_bottleneck_at_init(tmp_path, one_thread):
+    """verdict@init of `deeprun` has the bottleneck rule too: width 2 on the diagonal flip's 4 pixels."""
+    flip = ["data=diag_flip", "init=kaiming_normal", "epochs=2", "log.progress=false", "device=cpu"]
+    narrow = deeprun.run(deeprun.compose([*flip, "model.widths=[2]"]), tmp_path / "narrow").summary
+    wide = deeprun.run(deeprun.compose([*flip, "model.widths=[16]"]), tmp_path / "wide").summary
+    assert (narrow["verdict@init"], wide["verdict@init"]) == ("bottleneck", "healthy")
+    assert json.loads((tmp_path / "narrow" / "summary.json").read_text())["verdict@init"] == "bottleneck"
