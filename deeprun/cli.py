@@ -127,6 +127,8 @@ def main() -> None:
 
 
 def diagnose_main() -> None:
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:  # deeprun-diagnose's own page (conf/hydra/help/)
+        sys.argv.append("hydra/help=diagnose")
     _main(_diagnose_app)
 
 

@@ -212,3 +212,15 @@ def test_a_training_run_too_narrow_for_its_targets_is_a_bottleneck_at_init(tmp_p
     wide = deeprun.run(deeprun.compose([*flip, "model.widths=[16]"]), tmp_path / "wide").summary
     assert (narrow["verdict@init"], wide["verdict@init"]) == ("bottleneck", "healthy")
     assert json.loads((tmp_path / "narrow" / "summary.json").read_text())["verdict@init"] == "bottleneck"
+
+
+def test_diagnose_help_is_its_own_page_with_deeprun_groups(monkeypatch, capsys):
+    from deeprun import cli
+
+    monkeypatch.setattr("sys.argv", ["deeprun-diagnose", "--help"])
+    with pytest.raises(SystemExit) as exit:
+        cli.diagnose_main()
+    out = capsys.readouterr().out
+    assert exit.value.code == 0
+    assert out.startswith("deeprun-diagnose: say at initialisation whether a network will train")
+    assert "\nact: elu, gelu" in out and "diagnosis.json" in out and "train a network and record" not in out
