@@ -20,6 +20,8 @@ from typing import Any, List, Optional, TypeVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from .schema import EXPECT_COLUMNS
+
 T = TypeVar("T")
 
 
@@ -99,7 +101,7 @@ class InitConfig:
 @dataclass
 class UniformInitConfig(InitConfig):
     name: str = "uniform"
-    a: float = 0.5  # U(-a, a); seed 001 uses 0.5
+    a: float = 0.5  # U(-a, a): the vanishing-gradient experiment's weights
 
 
 @dataclass
@@ -124,7 +126,7 @@ class CheckpointInitConfig(InitConfig):
 @dataclass
 class NormConfig:
     name: str = "none"
-    position: str = "pre"  # pre: Linear-Norm-Act; post: Linear-Act-Norm (seed 000's question)
+    position: str = "pre"  # pre: Linear-Norm-Act; post: Linear-Act-Norm (the deep-MLP notebook's failing net)
 
 
 @dataclass
@@ -288,7 +290,7 @@ class LogConfig:
 class DiagnoseConfig:  # deeprun-diagnose; a training run's verdict@init reads its epoch 0 instead
     draws: int = 8  # independent initialisations the per-layer table is averaged over
     rows: Optional[int] = 128  # the first training rows gradients and activations are measured on; null: all
-    jacobian_samples: int = 4  # input-output Jacobians taken (on a training row), spread over the first draws
+    jacobian_samples: int = 4  # input-output Jacobians taken on draw 0 (the net this seed trains), one per training row
 
 
 @dataclass
@@ -296,9 +298,7 @@ class SaveConfig:
     checkpoints: List[str] = field(default_factory=list)  # any of: init, final
 
 
-# Results columns a run can be held to: expect.<column>_below=<x> / expect.<column>_above=<x>
-EXPECT_COLUMNS = ("final_train_loss", "final_val_loss", "best_val_loss", "val_r2", "val_rmse", "val_accuracy",
-                  "grad_norm_first", "grad_norm_last", "grad_ratio", "dead_frac_max", "saturated_frac_max", "seconds")
+# Results columns a run can be held to (the schema's expect=True ones): expect.<column>_below / _above=<x>
 ExpectConfig = make_dataclass("ExpectConfig", [(f"{c}_{side}", Optional[float], None)
                                                for c in EXPECT_COLUMNS for side in ("below", "above")])
 
@@ -316,7 +316,7 @@ class Config:
     logger: LoggerConfig = MISSING  # how a run is recorded, not what it computes: not in config_key
     depth: int = 3
     width: int = 32
-    epochs: int = 200
+    epochs: int = 300
     lr: float = 1e-3
     batch_size: Optional[int] = None  # null: full batch
     seed: int = 0
@@ -362,8 +362,32 @@ register_configs()
 
 # --- checks a type cannot express -----------------------------------------------
 
-ACTIVATION_NAMES = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "mish",
-                    "tanh", "sigmoid", "softplus", "identity")
+@dataclass(frozen=True)
+class Activation:
+    """What deeprun knows of an activation option: models.py, probes.py and the diagnosis read it here."""
+    module: str  # its torch.nn class (models.ACTIVATIONS holds the class itself: no torch here)
+    gain: str  # torch.nn.init.calculate_gain's name for it
+    auto_init: str  # the scheme init=auto picks for it
+    dead_frac: bool = False  # the probes count its dead units (never positive): the ReLU family
+    dies: bool = False  # a never-positive unit passes no gradient (flat below zero), so it cannot recover
+    tails: Optional[tuple[float, float]] = None  # (low, high): a < low or a > high is a saturated_frac tail
+
+
+# The smooth ReLU relatives take ReLU's gain; softplus and identity are treated as linear.
+ACTIVATION_TABLE: dict[str, Activation] = {
+    "relu": Activation("ReLU", "relu", "kaiming_normal", dead_frac=True, dies=True),
+    "leaky_relu": Activation("LeakyReLU", "leaky_relu", "kaiming_normal", dead_frac=True),
+    "elu": Activation("ELU", "relu", "kaiming_normal", dead_frac=True),
+    "selu": Activation("SELU", "selu", "lecun_normal", dead_frac=True),  # self-normalising needs LeCun's variance
+    "gelu": Activation("GELU", "relu", "kaiming_normal", dead_frac=True),
+    "silu": Activation("SiLU", "relu", "kaiming_normal", dead_frac=True),
+    "mish": Activation("Mish", "relu", "kaiming_normal", dead_frac=True),
+    "tanh": Activation("Tanh", "tanh", "xavier_uniform", tails=(-0.99, 0.99)),
+    "sigmoid": Activation("Sigmoid", "sigmoid", "xavier_uniform", tails=(0.01, 0.99)),
+    "softplus": Activation("Softplus", "linear", "xavier_uniform"),
+    "identity": Activation("Identity", "linear", "xavier_uniform"),
+}
+ACTIVATION_NAMES = tuple(ACTIVATION_TABLE)
 INIT_NAMES = ("auto", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal",
               "lecun_normal", "orthogonal", "uniform", "normal", "mean_field", "torch_default", "checkpoint")
 CHOICES = {

@@ -1,6 +1,6 @@
 """Data sets -> train/validation tensors on the device, split by a seeded permutation.
 
-Synthetic sets (seed 001's regression, seed 004's diagonal flip, Gaussian-cluster
+Synthetic sets (the vanishing-gradient experiment's regression, the diagonal flip, Gaussian-cluster
 classes, pattern images), scikit-learn's small real sets (digits, breast_cancer, wine, iris,
 diabetes), the user's CSV table (rows as images with data.image_shape), or the user's own
 `_target_` returning (x, y).
@@ -83,7 +83,7 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 # --- synthetic sets --------------------------------------------------------------
 
 def regression(cfg: DictConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seed 001: x ~ U(low, high)^3, y = sin(x0) + 0.5 x1^2 - 0.8 x2."""
+    """The vanishing-gradient experiment's data: x ~ U(low, high)^3, y = sin(x0) + 0.5 x1^2 - 0.8 x2."""
     x = torch.rand(cfg.n, 3, generator=gen) * (cfg.high - cfg.low) + cfg.low
     y = torch.sin(x[:, 0]) + 0.5 * x[:, 1] ** 2 - 0.8 * x[:, 2]
     y = y + cfg.noise * torch.randn(cfg.n, generator=gen)
@@ -91,7 +91,7 @@ def regression(cfg: DictConfig, gen: torch.Generator) -> tuple[torch.Tensor, tor
 
 
 def diag_flip(cfg: DictConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seed 004: all 16 binary 2x2 images, flattened [a,b,c,d] -> transpose [a,c,b,d]."""
+    """The diagonal flip: all 16 binary 2x2 images, flattened [a,b,c,d] -> transpose [a,c,b,d]."""
     x = torch.tensor([[i, j, k, l] for i in (0, 1) for j in (0, 1) for k in (0, 1) for l in (0, 1)],
                      dtype=torch.float32)
     return x, x[:, [0, 2, 1, 3]]

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import jacobian, meanfield
-from .config import validate
+from .config import ACTIVATION_TABLE, validate
 from .data import build_data, resolve_device
 from .models import GAINS, Residual, build_model, count_params, init_weights, resolve_init, weight_layers
 from .probes import ACTIVATION_MODULES, Probes
@@ -45,7 +45,7 @@ BLOCK_SIGNAL = ("avg_sq_mean", "avg_var", "branch_var")  # Brock et al. 2021, pe
 DEAD = 0.5  # a layer whose units are half or more dead (never positive on the measured rows)
 # ... for an activation flat below zero only: a never-positive leaky_relu, elu, selu, gelu, silu or mish unit
 # still passes a gradient, so it can recover (and leaky_relu and elu are the dead-unit fix below)
-DEAD_ACTS = ("relu",)
+DEAD_ACTS = tuple(name for name, a in ACTIVATION_TABLE.items() if a.dies)
 SATURATED = 0.5  # a layer with half or more of its activations in the flat tails
 VANISHING = 1e-2  # grad_ratio@init (first layer's gradient over the last hidden layer's) below it
 EXPLODING = 1e2  # ... above it
@@ -102,7 +102,6 @@ def _diagnose(cfg: DictConfig, out_dir: Optional[str | Path], data, threads: Opt
     from .api import threads_for  # the thread count a training run of this net gets
 
     torch.set_num_threads(cfg.device.threads or threads or threads_for(model, data, cfg.diagnose.rows))
-    row["threads"] = torch.get_num_threads()
     draws = 1 if row["init"] == "checkpoint" else cfg.diagnose.draws  # given weights: one net to measure
     rows = slice(0, cfg.diagnose.rows)
     x, y = data.x_train[rows], data.y_train[rows]
@@ -119,7 +118,8 @@ def _diagnose(cfg: DictConfig, out_dir: Optional[str | Path], data, threads: Opt
     table = _spread(per_draw, probes.names)
     block_table = _spread(blocks, [f"block{i}" for i in range(len(blocks[0]))]) if blocks[0] else pd.DataFrame()
     theory = mean_field(cfg, model)
-    row.update(task=data.task, params=count_params(model), status="completed", draws=draws, rows=len(x))
+    row.update(task=data.task, params=count_params(model), threads=torch.get_num_threads(), status="completed",
+               draws=draws, rows=len(x))
     row.update(init_columns(per_draw), narrowest=narrowest(model), target_rank=target_rank(data))
     row.update(_jacobian_columns(spectrum))
     row.update({k: v for k, v in theory.items() if k != "singular_values"})

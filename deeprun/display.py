@@ -14,11 +14,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-SUMMARY_KEYS = ("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "data", "task", "loss_units",
-                "rows_dropped", "device", "params", "status", "diverged_epoch", "final_train_loss", "final_val_loss",
-                "best_val_loss", "val_r2", "val_accuracy", "val_rmse", "verdict@init", "grad_norm_first@init", "grad_norm_last@init",
-                "grad_ratio@init", "grad_norm_first", "grad_norm_last", "grad_ratio", "dead_frac_max",
-                "saturated_frac_max", "seconds", "error")
+from . import schema
+
+# The end-of-run table's rows, a selection of summary.json's columns (deeprun/schema.py) in the order shown
+SUMMARY_KEYS = schema.select(
+    "model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "data", "task", "loss_units", "rows_dropped",
+    "device", "params", "status", "diverged_epoch", "final_train_loss", "final_val_loss", "best_val_loss", "val_r2",
+    "val_accuracy", "val_rmse", "verdict@init", "grad_norm_first@init", "grad_norm_last@init", "grad_ratio@init",
+    "grad_norm_first", "grad_norm_last", "grad_ratio", "dead_frac_max", "saturated_frac_max", "seconds", "error",
+    file=schema.SUMMARY)
 
 
 def fmt(value) -> str:
@@ -76,19 +80,17 @@ def print_summary(summary: dict, out_dir: Optional[Path], console: Optional[Cons
 
 # --- results tables (sweeps, deeprun-report) -------------------------------------
 
-KEY_METRICS = ("status", "verdict@init", "final_train_loss", "final_val_loss", "val_r2", "val_accuracy", "val_rmse",
-               "grad_ratio@init", "grad_norm_first@init", "grad_norm_first", "grad_ratio", "dead_frac_max",
-               "saturated_frac_max", "chi_1", "trainable_depth", "jac_condition", "seconds", "error", "expect_missed")
-TEXT_COLUMNS = ("error", "expect_missed", "run", "overrides")  # long text: cut with …, not wrapped down the page
-
-
-OUTCOME_COLUMNS = ("config_key", "threads", "task", "n_classes", "loss_units", "params", "rows_dropped")  # among the config columns, not chosen
+# The outcome columns a results table shows after the swept ones, in this order (where some row has them)
+KEY_METRICS = schema.select("status", "verdict@init", "final_train_loss", "final_val_loss", "val_r2", "val_accuracy",
+                            "val_rmse", "grad_ratio@init", "grad_norm_first@init", "grad_norm_first", "grad_ratio",
+                            "dead_frac_max", "saturated_frac_max", "chi_1", "trainable_depth", "jac_condition",
+                            "seconds", "error", "expect_missed")
+TEXT_COLUMNS = schema.select("error", "expect_missed", "run", "overrides")  # long text: cut with …, not wrapped
 
 
 def config_columns(frame) -> list[str]:
-    """The columns of a results table that describe the config: those before `status` in a summary."""
-    columns = list(frame.columns)
-    return [c for c in columns[:columns.index("status")] if c not in OUTCOME_COLUMNS] if "status" in columns else []
+    """The columns of a results table that describe the config (the schema's config columns), in its order."""
+    return schema.config_columns(frame.columns)
 
 
 def varying_columns(frame) -> list[str]:

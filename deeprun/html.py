@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from . import __version__
+from . import __version__, schema
 from .display import TEXT_COLUMNS, default_columns, fmt, varying_columns
 from .records import DIAGNOSIS, DIAGNOSIS_LAYERS, SUMMARY, read_run, write_atomic
 from .report import (SEEDS, VERDICT_COLOURS, WIDE, ReportError, _colours, _short_names, _text, _unstack,
@@ -63,10 +63,10 @@ GRAD_POINTS = 120_000  # points of the gradient-per-layer charts together (a run
 CANVAS = 20_000  # a chart of more points than this draws on a canvas (SVG would be slow), smaller ones as SVG
 OFF_CHART = 1e3  # a loss above this times the largest loss at initialisation is off the chart (it diverged)
 MAX_LINES = 12  # commands listed in the header; the rest are counted
-DIAGNOSIS_COLUMNS = ("verdict@init", "chi_1", "trainable_depth", "jac_condition", "grad_ratio@init", "phase",
-                     "evidence", "fixes")
-STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
-HOST_KEYS, TORCH_KEYS = ("hostname", "host"), ("torch_version", "torch")  # read where a summary records them
+DIAGNOSIS_COLUMNS = schema.select("verdict@init", "chi_1", "trainable_depth", "jac_condition", "grad_ratio@init",
+                                  "phase", "evidence", "fixes")  # the diagnosis section's table
+PROSE_COLUMNS = schema.select("evidence", "fixes")  # sentences: wrapped in the table
+WHERE_COLUMNS = schema.select("host", "torch")  # the header's "where it ran", beside `device`
 
 
 @dataclass
@@ -660,10 +660,9 @@ def _when(runs: list[Run]) -> str:
 
 def _where(frame: pd.DataFrame, runs: list[Run]) -> str:
     parts = []
-    for keys, what in ((HOST_KEYS, "host"), (TORCH_KEYS, "torch")):
-        column = next((k for k in keys if k in frame and frame[k].notna().any()), None)
-        if column is not None:
-            values = Counter(str(v) for v in frame[column].dropna())
+    for what in WHERE_COLUMNS:
+        if what in frame and frame[what].notna().any():
+            values = Counter(str(v) for v in frame[what].dropna())
             parts.append(f"{what} " + ", ".join(f"{escape(v)}" + (f" ({n})" if len(values) > 1 else "")
                                                for v, n in values.items()))
         else:
@@ -686,7 +685,7 @@ def _where(frame: pd.DataFrame, runs: list[Run]) -> str:
 
 def _status_badges(frame: pd.DataFrame) -> str:
     counts = Counter(str(s) for s in frame["status"].fillna("unknown")) if "status" in frame else Counter()
-    order = [s for s in STATUSES if s in counts] + [s for s in counts if s not in STATUSES]
+    order = [s for s in schema.STATUSES if s in counts] + [s for s in counts if s not in schema.STATUSES]
     return " ".join(f'<span class="badge status-{escape(s)}">{counts[s]} {escape(s)}</span>' for s in order)
 
 
@@ -837,7 +836,7 @@ def _diagnosis(frame: pd.DataFrame, runs: list[Run]) -> str:
                 cells.append(f'<td><span class="badge verdict" style="background:{VERDICT_COLOURS.get(str(v), "#888")}">'
                              f"{escape(str(v))}</span></td>")
             else:
-                kind = "num" if frame[c].dtype.kind in "iuf" else "prose" if c in ("evidence", "fixes") else ""
+                kind = "num" if frame[c].dtype.kind in "iuf" else "prose" if c in PROSE_COLUMNS else ""
                 cells.append(f'<td class="{kind}">{escape("-" if missing else fmt(v))}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     who = ("deeprun-diagnose's runs: the net at initialisation, nothing trained" if diagnosed else

@@ -122,10 +122,9 @@ class _Split:
 class _Linearised:
     """J at h0 by reverse-mode autograd alone: back(u) = J^T u and, as the transpose of that linear map
     (a second backward, through the first's graph), push(v) = J v; batched=True maps over a leading
-    dimension of u or v. The graphs are built once and kept. Plain torch.autograd, not torch.func:
-    torch.func's first call imports torch._dynamo (over a second), and its jvp is slow here (autograd.grad's
-    own first call with grad_outputs imports torch's symbolic shapes, about 0.4 s, once). `depends`:
-    whether z depends on h at all (z requires grad anyway where the parameters do)."""
+    dimension of u or v. The graphs are built once and kept. Plain torch.autograd: torch.func's first call
+    imports torch._dynamo, slower than the whole measurement. `depends`: whether z depends on h at all
+    (z requires grad anyway where the parameters do)."""
 
     def __init__(self, f, h0: torch.Tensor):
         with torch.enable_grad():
@@ -136,7 +135,7 @@ class _Linearised:
         self.u0 = None
 
     def back(self, u: torch.Tensor, batched: bool = False) -> torch.Tensor:
-        if not batched:  # a scalar's backward: grad_outputs would import torch's symbolic shapes (0.25 s, once)
+        if not batched:  # a scalar's backward: grad_outputs' first call imports torch's symbolic shapes
             with torch.enable_grad():
                 return torch.autograd.grad((self.z * u).sum(), self.h, retain_graph=True)[0]
         return torch.autograd.grad(self.z, self.h, u, retain_graph=True, is_grads_batched=batched)[0]

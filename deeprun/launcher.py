@@ -248,7 +248,7 @@ def _hydra_view(config: DictConfig) -> DictConfig:
 
 def _freeze_heap() -> None:
     """gc.freeze(): the cyclic collector stops rescanning what already lives (torch, Hydra: most of the
-    heap) on every full collection while a sweep allocates its jobs' configs; 8 of 21 ms a job here."""
+    heap) on every full collection while a sweep allocates its jobs' configs, a large part of a job's overhead."""
     if not _FROZEN:
         gc.freeze()
         _FROZEN.append(True)

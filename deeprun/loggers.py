@@ -38,16 +38,17 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import schema
 from .config import ConfigError
 from .records import LAYER_COLUMNS, config_key
 
-EPOCH_SKIP = ("epoch", "seconds")  # epochs.csv columns that are not logged: the step itself, and timing
+EPOCH_SKIP = schema.select("epoch", "seconds", file=schema.EPOCHS)  # epochs.csv columns not logged: the step, timing
 FLUSH_METRICS = 1000  # MLflow: buffered metrics written in one log_batch (its limit a call); a batch costs
 FLUSH_SECONDS = 5.0  # ... about what 10 small ones do, so they wait for 1000 or for this long, whichever first
 MLFLOW_STATUS = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 HPARAMS_STATUS = {"completed": "STATUS_SUCCESS", "diverged": "STATUS_SUCCESS", "failed": "STATUS_FAILURE",
                   "interrupted": "STATUS_ABORTED"}
-TEXT_COLUMNS = ("verdict@init", "error", "expect_missed")  # the outcome's strings: MLflow tags deeprun.<name>
+TEXT_COLUMNS = schema.select("verdict@init", "error", "expect_missed")  # outcome strings: MLflow tags deeprun.<name>
 # While a tracking server is first reached: a wrong host or port fails in seconds, not in MLflow's
 # 7 retries with backoff (4 minutes); the user's own settings of these win
 OPENING_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -202,13 +203,13 @@ def scalars(rows: list[dict], table: Optional[dict]) -> dict[int, dict[str, floa
 
 
 def split_summary(summary: dict) -> tuple[dict, dict, dict]:
-    """(config half, outcome numbers as summary/<column>, outcome strings) of a results row."""
-    keys = list(summary)
-    cut = keys.index("status") if "status" in keys else len(keys)
-    config = {k: summary[k] for k in keys[:cut]}
+    """(config half, outcome numbers as summary/<column>, outcome strings) of a results row: the config half
+    is the columns that describe the run (schema.describes_run: ROW's before `status`), the rest its outcome."""
+    config = {k: v for k, v in summary.items() if schema.describes_run(k)}
     numbers, texts = {}, {}
-    for k in keys[cut + 1:]:
-        v = summary[k]
+    for k, v in summary.items():
+        if k in config or k == "status":
+            continue
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             numbers[f"summary/{tag_name(k)}"] = float(v)
         elif isinstance(v, str) and k in TEXT_COLUMNS:

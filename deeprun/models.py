@@ -16,32 +16,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config import ConfigError, import_object, lookup
+from .config import ACTIVATION_TABLE, ConfigError, import_object, lookup
 
 ActFactory = Callable[[], nn.Module]
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "selu": nn.SELU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "mish": nn.Mish,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "softplus": nn.Softplus,
-    "identity": nn.Identity,
-}
-# The gain torch.nn.init.calculate_gain knows for each activation; the smooth
-# ReLU relatives take ReLU's, softplus and identity are treated as linear.
-GAINS = {"relu": "relu", "leaky_relu": "leaky_relu", "elu": "relu", "selu": "selu", "gelu": "relu",
-         "silu": "relu", "mish": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "softplus": "linear",
-         "identity": "linear"}
-AUTO_INIT = {"relu": "kaiming_normal", "leaky_relu": "kaiming_normal", "elu": "kaiming_normal",
-             "gelu": "kaiming_normal", "silu": "kaiming_normal", "mish": "kaiming_normal",
-             "selu": "lecun_normal", "tanh": "xavier_uniform", "sigmoid": "xavier_uniform",
-             "softplus": "xavier_uniform", "identity": "xavier_uniform"}
+# config.ACTIVATION_TABLE names each activation's torch.nn class, gain and init=auto pick
+ACTIVATIONS: dict[str, type[nn.Module]] = {name: getattr(nn, a.module) for name, a in ACTIVATION_TABLE.items()}
+GAINS = {name: a.gain for name, a in ACTIVATION_TABLE.items()}  # torch.nn.init.calculate_gain's names
+AUTO_INIT = {name: a.auto_init for name, a in ACTIVATION_TABLE.items()}
 NORMS: dict[str, type[nn.Module] | None] = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 # The same names on (N, C, H, W) maps: layer norm is GroupNorm with one group (each sample's C x H x W,
 # a scale and shift per channel), so it does not fix the image size as LayerNorm([C, H, W]) would
@@ -90,7 +72,7 @@ class MLP(nn.Sequential):
     """depth x (Linear -> [norm] -> act -> [dropout]) -> Linear head; `widths` for unequal layers.
 
     Flat (fc0, act0, ..., head) rather than nested blocks: each container call
-    costs as much as a small matmul on the tiny nets of seed 001. Images (an
+    costs as much as a small matmul on tiny nets (the vanishing-gradient experiment's). Images (an
     `in_shape` of more than one dimension) are flattened by a first module.
     """
 
@@ -149,7 +131,7 @@ class Residual(nn.Module):
 
 
 class ResidualBlock(Residual):
-    """x -> act(x + f(x)), f = Linear-Norm-Act-Linear-Norm (seed 000's ResidualBlock); rezero and
+    """x -> act(x + f(x)), f = Linear-Norm-Act-Linear-Norm (the deep-MLP notebook's ResidualBlock); rezero and
     skipinit make it act(x + a * f(x))."""
 
     def __init__(self, width: int, act: ActFactory, norm: str, norm_position: str, dropout: float,
@@ -164,7 +146,7 @@ class ResidualBlock(Residual):
 
 
 class ResidualMLP(nn.Module):
-    """stem -> depth x (x + f(x)) -> head (seed 000's ResNetVanilla, minus the output sigmoid)."""
+    """stem -> depth x (x + f(x)) -> head (the deep-MLP notebook's ResNetVanilla, minus the output sigmoid)."""
 
     def __init__(self, n_in: int, n_out: int, *, depth: int, width: int, act: ActFactory,
                  norm: str = "batch", norm_position: str = "pre", dropout: float = 0.0, residual_scale: str = "1"):
@@ -200,7 +182,7 @@ def _channels(in_shape: tuple[int, ...], model: str) -> int:
 
 
 class CNN(nn.Sequential):
-    """depth x (Conv3x3 -> [norm] -> act -> [dropout]) -> global average pool -> Linear head (seed 002).
+    """depth x (Conv3x3 -> [norm] -> act -> [dropout]) -> global average pool -> Linear head (the CNN notebook's).
 
     Flat like MLP (conv0, norm0, act0, ..., pool, flatten, head). The first conv of
     each stage after the first has stride 2 and doubles the channels.
@@ -222,7 +204,7 @@ class CNN(nn.Sequential):
 
 
 class ResidualConvBlock(Residual):
-    """x -> act(shortcut(x) + f(x)), f = Conv3x3-Norm-Act-[Dropout]-Conv3x3-Norm (seed 003's block).
+    """x -> act(shortcut(x) + f(x)), f = Conv3x3-Norm-Act-[Dropout]-Conv3x3-Norm (the residual-network notebook's block).
 
     The shortcut is the identity, or a 1x1 stride-2 conv + norm (a projection)
     where the block halves the size and doubles the channels. rezero and
@@ -248,7 +230,7 @@ class ResidualConvBlock(Residual):
 
 
 class ResidualCNN(nn.Module):
-    """stem Conv3x3 -> [norm] -> act -> depth residual blocks in stages -> global average pool -> head (seed 003)."""
+    """stem Conv3x3 -> [norm] -> act -> depth residual blocks in stages -> global average pool -> head (the residual-network notebook's)."""
 
     def __init__(self, in_shape: tuple[int, ...], n_out: int, *, depth: int, width: int, act: ActFactory,
                  norm: str = "batch", norm_position: str = "pre", dropout: float = 0.0, residual_scale: str = "1"):

@@ -25,12 +25,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import WEIGHT_LAYERS
+from .config import ACTIVATION_TABLE
+from .models import ACTIVATIONS, WEIGHT_LAYERS
 from .records import LAYER_COLUMNS
 
-RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.ReLU6, nn.PReLU, nn.CELU, nn.RReLU)
-ACTIVATION_MODULES = (*RELU_FAMILY, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
-TAILS = {"tanh": lambda a: a.abs() > 0.99, "sigmoid": lambda a: (a < 0.01) | (a > 0.99)}  # saturated_frac
+# dead_frac's activations (config.ACTIVATION_TABLE), and torch's other ReLU relatives a user's own model may use
+RELU_FAMILY = (*(ACTIVATIONS[name] for name, a in ACTIVATION_TABLE.items() if a.dead_frac),
+               nn.ReLU6, nn.PReLU, nn.CELU, nn.RReLU)
+ACTIVATION_MODULES = (*RELU_FAMILY, *(ACTIVATIONS[name] for name, a in ACTIVATION_TABLE.items() if not a.dead_frac))
+
+
+def _tail(low: float, high: float):
+    if low == -high:  # symmetric (tanh): one comparison of |a|
+        return lambda a: a.abs() > high
+    return lambda a: (a < low) | (a > high)
+
+
+TAILS = {name: _tail(*a.tails) for name, a in ACTIVATION_TABLE.items() if a.tails}  # saturated_frac, by activation
+_TAIL_MODULES = {ACTIVATIONS[name]: name for name in TAILS}
 BIG = 1 << 20  # values above which a pass's activations are reduced as they come (`Reduced`), a net's weights normed in place
 
 
@@ -38,7 +50,7 @@ def _kind(module: nn.Module) -> str:
     """Which fraction a layer's activation reports: dead (ReLU family), tanh or sigmoid (saturated), plain."""
     if isinstance(module, RELU_FAMILY):
         return "dead"
-    return {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}.get(type(module), "plain")
+    return _TAIL_MODULES.get(type(module), "plain")
 
 
 def norm_plan(tensors: list[torch.Tensor]) -> tuple[list[list[int]], torch.Tensor | None]:
@@ -81,7 +93,7 @@ def activation_stats(s: torch.Tensor, kinds) -> list[torch.Tensor]:
     s = s.flatten(4) if s.dim() > 4 else s  # (G, E, B, C[, H*W])
     over, per_unit = tuple(range(2, s.dim())), (2, 4) if s.dim() > 4 else 2
     stats = [s.sum(over), torch.linalg.vector_norm(s, dim=over), s.clamp(min=0).sum(per_unit)]
-    return stats + [TAILS[kind](s).sum(over).float() for kind in ("tanh", "sigmoid") if kind in kinds]
+    return stats + [tail(s).sum(over).float() for kind, tail in TAILS.items() if kind in kinds]
 
 
 class Logged(NamedTuple):
@@ -231,7 +243,7 @@ class Probes:
                     parts += [torch.stack([r.total for r in group]), torch.stack([r.root for r in group]),
                               torch.stack([r.positive for r in group])]
                     parts += [torch.stack([r.tail if k == kind else torch.zeros_like(r.tail) for r, k in zip(group, kinds)])
-                              for kind in ("tanh", "sigmoid") if kind in kinds]
+                              for kind in TAILS if kind in kinds]
                 else:
                     parts += activation_stats(torch.stack([captured[i] for i in idx]), kinds)
             self._captured = []
@@ -283,7 +295,7 @@ class Probes:
                 out[:, layers, 4] = np.sqrt(np.maximum(roots * roots - sums * sums / size, 0.0) / (size - 1))
             dead = kinds == "dead"
             out[:, layers[dead], 5] = (positive[:, dead] == 0).sum(-1) / units
-            for kind in ("tanh", "sigmoid"):
+            for kind in TAILS:
                 if kind in kinds:
                     tails = take(g, e)
                     out[:, layers[kinds == kind], 6] = tails[:, kinds == kind] / size

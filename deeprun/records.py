@@ -1,4 +1,5 @@
 """Run records: summary.json (one results row), epochs.csv, layers.csv; atomic writes; the results table.
+Their columns, in order and with their meaning, are deeprun/schema.py's.
 
 A reader never sees a torn file: each record is written to a temporary file in
 the same directory and renamed over the old one. No torch here: deeprun-report
@@ -21,11 +22,12 @@ from typing import Any, Callable
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-SUMMARY, EPOCHS, LAYERS, RESULTS = "summary.json", "epochs.csv", "layers.csv", "results.csv"
-DIAGNOSIS = "diagnosis.json"  # deeprun-diagnose's row: a run directory holds it or a summary.json
+from . import schema
+
+SUMMARY, EPOCHS, LAYERS, RESULTS, GROUPS = schema.SUMMARY, schema.EPOCHS, schema.LAYERS, schema.RESULTS, schema.GROUPS
+DIAGNOSIS = schema.DIAGNOSIS  # deeprun-diagnose's row: a run directory holds it or a summary.json
 DIAGNOSIS_LAYERS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN = "diagnosis_layers.csv", "diagnosis_blocks.csv", "diagnosis_jacobian.csv"
-GROUPS = ("model", "act", "init", "norm", "optimizer", "scheduler", "data", "device")
-LAYER_COLUMNS = ("grad_norm", "weight_norm", "update_ratio", "act_mean", "act_std", "dead_frac", "saturated_frac")
+LAYER_COLUMNS = tuple(c.name for c in schema.LAYER_ROW if c.kind == schema.OUTCOME)  # the probes' numbers
 FINISHED = ("completed", "diverged")  # a run with one of these statuses has its whole record
 # Keys that change how a run is driven or recorded (logger=...), not what it computes: left out of its config_key
 RUNTIME_KEYS = ("resume", "strict", "expect", "log.progress", "logger")
@@ -80,13 +82,18 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
     write_atomic(path, lambda f: frame.to_csv(f, index=False))
 
 
+TASK_COLUMNS = {"val_r2": ("val_r2", "val_rmse"), "val_accuracy": ("val_accuracy",)}  # a task's own metrics
+
+
 def epoch_columns(metric: str) -> list[str]:
-    rmse = ["val_rmse"] if metric == "val_r2" else []  # regression: the RMSE in the target's own units too
-    return ["epoch", "train_loss", "val_loss", metric, *rmse, "lr", "seconds"]
+    """epochs.csv's columns (schema.EPOCH_ROW) for a run whose validation metric is `metric` (data.metric): a
+    regression's val_r2 and val_rmse (in the target's own units), or a classification's val_accuracy."""
+    others = {c for own in TASK_COLUMNS.values() for c in own} - set(TASK_COLUMNS.get(metric, ()))
+    return [c.name for c in schema.EPOCH_ROW if c.name not in others]
 
 
 def layer_columns() -> list[str]:
-    return ["epoch", "layer", "name", *LAYER_COLUMNS]
+    return [c.name for c in schema.LAYER_ROW]
 
 
 def config_row(cfg: DictConfig, init: str, device: str) -> dict:
@@ -127,7 +134,7 @@ def metrics_row(cfg: DictConfig, metric: str | None, epochs: pd.DataFrame, layer
     final = layers[layers.epoch == layers.epoch.iloc[-1]] if len(layers) else layers
     row.update(gradient_columns(final))
     # the same at initialisation: a net whose gradients vanished from the start reads "no vanishing"
-    # at the end of a long run, once every layer's gradient has died (seed 001's model D)
+    # at the end of a long run, once every layer's gradient has died (the vanishing-gradient experiment's model D)
     row.update({f"{k}@init": v for k, v in gradient_columns(layers[layers.epoch == 0]).items()})
     row.update(
         dead_frac_max=float(final.dead_frac.max()) if len(final) else nan,
@@ -227,17 +234,9 @@ def results_frame(paths: list[str | Path], relative_to: Path | None = None) -> p
 
 
 def column_order(key_lists) -> list[str]:
-    """The columns of several rows (or tables) merged: every config key, i.e. one before `status`
-    (display.config_columns), ahead of `status`, even one that only a later row has (a resnet's
-    model.residual_scale after an mlp job); then the rest, each in order of first appearance."""
-    config: dict[str, None] = {}
-    rest: dict[str, None] = {}
-    for keys in key_lists:
-        keys = list(keys)
-        cut = keys.index("status") if "status" in keys else len(keys)
-        config.update(dict.fromkeys(k for k in keys[:cut] if k not in rest))
-        rest.update(dict.fromkeys(k for k in keys[cut:] if k not in config))
-    return [*config, *rest]
+    """The columns of several rows (or tables) merged, in the schema's order: a config key that only a later
+    row has (a resnet's model.residual_scale after an mlp job) still comes before `status`."""
+    return schema.order(k for keys in key_lists for k in keys)
 
 
 def _overrides(run_dir: Path) -> str | None:

@@ -27,20 +27,24 @@ from typing import NoReturn, Union
 import numpy as np
 import pandas as pd
 
+from . import schema
 from .display import default_columns, fmt, print_results, varying_columns
 from .hints import suggest
-from .records import DIAGNOSIS, DIAGNOSIS_JACOBIAN, DIAGNOSIS_LAYERS, read_run, results_frame, write_atomic, write_table
+from .records import (DIAGNOSIS, DIAGNOSIS_JACOBIAN, DIAGNOSIS_LAYERS, RESULTS, read_run, results_frame, write_atomic,
+                      write_table)
 
 USAGE_ERROR = 2  # as `deeprun`: a user's mistake
 FORMATS = ("csv", "md", "parquet")
-SEEDS = ("seed", "data.seed")  # the columns a pivot cell may average over
+SEEDS = schema.select("seed", "data.seed")  # the columns a pivot cell may average over
 MAX_GROUPS = 20  # configurations per plot: beyond this, lines and legend stop being readable
 WIDE = 10  # values whose max/min is at least this (a decade) get a log axis
 FEW = 6  # configurations whose singular values get a histogram each; more get a range each
 # a verdict@init pivot: the same colour for a verdict in every plot (diagnosis.VERDICTS)
 VERDICT_COLOURS = {"healthy": "#2ca02c", "vanishing": "#1f77b4", "exploding": "#d62728", "dead units": "#7f7f7f",
-                   "saturated": "#9467bd", "ordered": "#17becf", "chaotic": "#ff7f0e"}
-SHARED = ("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "batch_size", "epochs", "data")
+                   "saturated": "#9467bd", "ordered": "#17becf", "chaotic": "#ff7f0e", "bottleneck": "#8c564b"}
+# the config columns a plot's subtitle names when all its runs share them (a selection of schema.ROW's)
+SHARED = schema.select("model", "depth", "width", "act", "init", "norm", "optimizer", "lr", "batch_size", "epochs",
+                       "data")
 FEW_LAYER_PNGS = 3  # --plot without --layers: layers_<run>.png for each run when there are at most this many
 LAYER_FRACTIONS = (("dead_frac", "dead fraction (ReLU family)", "Reds"),
                    ("saturated_frac", "saturated fraction (tanh, sigmoid)", "Purples"))
@@ -305,6 +309,11 @@ def _column(frame: pd.DataFrame, name: str, option: str) -> str:
     """`name` if the table has that column, else an error naming the option and columns it has."""
     if name in frame.columns:
         return name
+    known = schema.column(name)
+    if known is not None:  # a real column these runs lack: val_accuracy of regressions, chi_1 of training runs
+        files = " and ".join(f for f in known.files if f != RESULTS) or RESULTS
+        raise ReportError(f"{option}: no run here has column {name!r} ({files}: {known.meaning}); columns here "
+                          f"include {', '.join(default_columns(frame))} ({len(frame.columns)} in all)")
     hint = suggest(name, frame.columns)
     raise ReportError(f"{option}: no column {name!r}; {hint + ' ' if hint else ''}columns here include "
                       f"{', '.join(default_columns(frame))} ({len(frame.columns)} in all)")
@@ -318,6 +327,14 @@ def pivot_stats(frame: pd.DataFrame, rows: str, cols: str, value: str) -> pd.Dat
         _column(frame, name, "--pivot")
     if len({rows, cols, value}) < 3:
         raise ReportError(f"{option}: ROWS, COLS and VALUE must be three different columns")
+    axes = [f"{what} {name} is not a config column" for what, name in (("ROWS", rows), ("COLS", cols))
+            if schema.kind(name) in (schema.OUTCOME, schema.RECORD)]  # a column the schema lacks may be either
+    if schema.is_config(value):
+        axes.append(f"VALUE {value} is a config column")
+    if axes:  # the usual slip: the outcome first, `--pivot final_train_loss depth act`
+        swept = [c for c in varying_columns(frame) if c not in SEEDS] or schema.config_columns(frame.columns)
+        raise ReportError(f"{option}: {', '.join(axes)}; ROWS and COLS are config columns (here: "
+                          f"{', '.join(swept)}), VALUE an outcome")
     text = frame[value].dtype.kind not in "iufb" and frame[value].notna().any()  # verdict@init: the commonest per cell
     if not text and (frame[value].dtype.kind not in "iuf" or frame[value].isna().all()):
         numeric = [c for c in default_columns(frame) if frame[c].dtype.kind == "f" and frame[c].notna().any()]
