@@ -1019,8 +1019,8 @@ DRAWS_NOTE = (
     "fewer units than the dimensions the targets span (width 2 against the diagonal flip's four pixels: no "
     "training fits them), and, in a ReLU net whose mean is healthy, half of a layer dead on draw 0, the net the "
     "seed trains (a unit that never fires gets no gradient, so it stays dead). Judging every rule on draw 0 alone "
-    "agreed on fewer jobs (97 of 108, 90%, on these records): a gradient ratio or a variance moves in training, "
-    "and one draw's reading of it is noisier than the mean.")
+    "agreed on fewer jobs (97 of 108, 90%, on an earlier run of these presets): a gradient ratio or a variance moves "
+    "in training, and one draw's reading of it is noisier than the mean.")
 
 
 def diagnosis_section(n: int) -> str:
