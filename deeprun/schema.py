@@ -89,7 +89,8 @@ ROW: tuple[Column, ...] = (
     Column("params", OUTCOME, "trainable parameters", BOTH),
     Column("rows_dropped", OUTCOME, "CSV rows `data.missing=drop` left out (0 otherwise)"),
     Column("threads", OUTCOME, "the torch CPU threads the run used: `device.threads` when set, else one for a "
-           "small net (under 2^24 multiply-adds a step, `api.SMALL_WORK`) and one per core for a bigger one",
+           "small net (under 2^24 multiply-adds a step, `api.SMALL_WORK`) or one whose largest layer has under 2^21 "
+           "(`api.SMALL_OP`), and one per core otherwise",
            BOTH),
     Column("status", OUTCOME, "`completed`, `diverged`, `failed` or `interrupted` (`running` while in progress)",
            BOTH, diagnosis="`completed`, or `failed` with `error` (`interrupted` after Ctrl-C)"),
