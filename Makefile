@@ -23,11 +23,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: install  ## train the default experiment (pass overrides as ARGS="depth=8 act=tanh")
 	$(VENV)/bin/deeprun $(ARGS)
 
-test: install  ## the whole test suite
+test: install  ## the whole test suite (what CI runs), its 10 slowest tests at the end
 	$(PY) -m pytest -q --durations=10
 
-test-fast: install  ## the suite without the slow end-to-end runs
-	$(PY) -m pytest -q -m "not slow"
+test-fast: install  ## in-process tests, about a minute: leaves out the marks slow (long runs, the fuzz), exhaustive (most of each family of like cases), subprocess (commands, fresh interpreters), browser
+	$(PY) -m pytest -q -m "not slow and not exhaustive and not subprocess and not browser"
 
 bench: install  ## deeprun vs a hand-written loop and Lightning, as ratios; sweep costs; stacked sweeps (STACK_BENCH_ARGS=--quick); diagnosis times
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[bench]'
@@ -36,7 +36,7 @@ bench: install  ## deeprun vs a hand-written loop and Lightning, as ratios; swee
 	$(PY) bench/stack_bench.py $(STACK_BENCH_ARGS)
 	$(PY) bench/diagnose_bench.py
 
-experiments: install  ## run the seed presets, rewrite docs/experiments.md (ARGS="--only width_vs_depth")
+experiments: install  ## run the notebooks' experiment presets, rewrite docs/experiments.md (ARGS="--only width_vs_depth")
 	$(PY) docs/experiments.py $(ARGS)
 
 clean:  ## remove the environment and caches (keeps outputs/)

@@ -44,15 +44,16 @@ from deeprun.models import count_params
 from deeprun.train import implementation
 
 CASES = {
-    # seed 001 model D: [3]+[8]*8+[1], full batch, 1000 epochs of plain SGD
+    # the deep-MLP notebook's model D: [3]+[8]*8+[1], full batch, 1000 epochs of plain SGD
     "model_d": ["depth=8", "width=8", "init=uniform", "optimizer=sgd", "lr=0.01", "epochs=1000", "data.n=400"],
-    # seed 000's residual MLP at depth 100, epochs of 8 minibatches of 256
+    # the residual-network notebook's residual MLP at depth 100, epochs of 8 minibatches of 256
     "resnet": ["model=resnet", "depth=100", "width=256", "batch_size=256", "epochs=10", "data.n=2560",
                "act=leaky_relu", "optimizer=adam", "lr=0.001"],
-    # the same at seed 000's width: 210 M weights, compute-bound; epochs of 8 steps, as the 256-wide case
+    # the same at the residual-network notebook's width: 210 M weights, compute-bound; epochs of 8 steps, as the
+    # 256-wide case
     "resnet_wide": ["model=resnet", "depth=100", "width=1024", "batch_size=256", "epochs=2", "data.n=2560",
                     "act=leaky_relu", "optimizer=adam", "lr=0.0001"],
-    # seed 002's CNN on synthetic 16x16 images
+    # the CNN notebook's CNN on synthetic 16x16 images
     "cnn": ["model=cnn", "data=images", "depth=6", "width=16", "batch_size=64", "epochs=5", "data.n=1280",
             "optimizer=adam", "lr=0.001"],
 }

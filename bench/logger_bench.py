@@ -1,4 +1,5 @@
-"""What logging costs: seed 001's model D trained by api.run with logger=none, tensorboard and mlflow.
+"""What logging costs: the deep-MLP notebook's model D trained by api.run with logger=none, tensorboard
+and mlflow.
 
 Model D (depth=8 width=8 init=uniform optimizer=sgd lr=0.01 epochs=1000 data.n=400 act=sigmoid,
 full batch) probed every 10 epochs (log.every=10): 1001 epochs of train_loss, val_loss, val_r2,

@@ -8,7 +8,7 @@
   once (`bench/floor_app.py`): what any Hydra 1.3 app pays per job with the basic
   launcher, which deeprun cannot go below;
 - speed-up of hydra/launcher=joblib (2 workers) over the basic launcher on a 16-job grid of
-  seed 001's model D (1000 full-batch epochs each).
+  the deep-MLP notebook's model D (1000 full-batch epochs each).
 
 Each measurement is a fresh `deeprun -m` process, as a user runs it; medians of repeats,
 the two launchers alternating. The basic launcher is named (`hydra/launcher=basic`): the

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import deeprun
-from conftest import tiny, run_cli
+from conftest import tiny
 from deeprun.config import ConfigError, validate
 
 
@@ -29,13 +29,13 @@ def test_a_model_built_from_a_checkpoint_holds_its_tensors(tmp_path):
     assert not torch.equal(deeprun.build_model(tiny(), data).state_dict()["fc0.weight"], saved["fc0.weight"])
 
 
-def test_a_run_continues_from_another_runs_final_weights(tmp_path):
-    first = run_cli("epochs=4", "data.n=64", "save.checkpoints=[final]", "log.progress=false", "hydra.run.dir=a",
-                    cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    second = run_cli("epochs=2", "data.n=64", "init=checkpoint", "init.path=a/final.pt", "log.progress=false",
-                     "hydra.run.dir=b", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
+@pytest.mark.slow
+def test_a_run_continues_from_another_runs_final_weights(tmp_path, main, one_thread):
+    first = main("epochs=4", "data.n=64", "save.checkpoints=[final]", "log.progress=false", "hydra.run.dir=a")
+    assert first.code == 0, first.err
+    second = main("epochs=2", "data.n=64", "init=checkpoint", "init.path=a/final.pt", "log.progress=false",
+                  "hydra.run.dir=b")  # a path relative to the working directory, as a user types it
+    assert second.code == 0, second.err
     # epoch 0 of the second run is the first run's end: same weights, same validation loss
     assert pd.read_csv(tmp_path / "b" / "epochs.csv").val_loss[0] == pytest.approx(
         pd.read_csv(tmp_path / "a" / "epochs.csv").val_loss.iloc[-1], rel=1e-6)
@@ -78,13 +78,13 @@ def test_init_path_is_required_and_must_exist(tmp_path):
         validate(tiny("init=checkpoint", "init.path=nope.pt"))
 
 
-def test_the_cli_says_one_line_and_leaves_no_record(tmp_path):
+def test_the_cli_says_one_line_and_leaves_no_record(tmp_path, main):
     """log.progress is on (the default): the progress bar wraps training only, so a checkpoint refused
     while the model is built shows no bar, no summary table, only the error."""
     torch.save([1, 2, 3], tmp_path / "list.pt")
-    p = run_cli("init=checkpoint", "init.path=list.pt", "epochs=1", "hydra.run.dir=run", cwd=tmp_path)
-    assert p.returncode == 2
-    assert p.stdout == ""
-    assert p.stderr.strip().splitlines() == ["deeprun: error: init.path='list.pt': holds a list, not a state dict "
-                                             "(parameter names -> tensors); save one with torch.save(model.state_dict(), path)"]
+    p = main("init=checkpoint", "init.path=list.pt", "epochs=1", "hydra.run.dir=run")
+    assert p.code == 2
+    assert p.out == ""
+    assert p.err.strip().splitlines() == ["deeprun: error: init.path='list.pt': holds a list, not a state dict "
+                                          "(parameter names -> tensors); save one with torch.save(model.state_dict(), path)"]
     assert not (tmp_path / "run" / "summary.json").exists()

@@ -1,10 +1,8 @@
-"""`deeprun` as a user runs it: a subprocess in a fresh directory, then the records it leaves.
+"""`deeprun` as a user runs it: a command in a fresh directory, then the records it leaves.
 
-Each command costs a torch import (seconds), so the module's commands start
-together, two at a time, as soon as the first test of this module needs one
-(only those the selected tests use); each test then reads its command's result.
-Two commands share the two cores, so each gets one torch thread (OMP_NUM_THREADS=1):
-oversubscribed intra-op threads make these tiny nets several times slower.
+Each command costs a torch import (seconds), so the commands are background jobs (conftest.background):
+they start with the session, beside the in-process tests, and the tests here read their results at
+the end. Each command gets one torch thread (OMP_NUM_THREADS=1): they share the cores.
 """
 
 from __future__ import annotations
@@ -12,20 +10,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
+import signal
 import sys
+import time
 import zipfile
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import DEEPRUN, ROOT, run_cli as _run_cli, run_dirs
+from conftest import ROOT, background, output, run_cli, run_dirs, run_program, run_python, start_cli
 
 WIDE = {"COLUMNS": "400"}  # rich wraps the summary table at the terminal width; keep paths on one line
 TINY_MLP = ["epochs=3", "depth=2", "width=8", "data.n=64"]
@@ -40,40 +36,18 @@ GROUPS = ("act", "data", "device", "init", "model", "norm", "optimizer", "schedu
 HAS_GPU = os.path.exists("/dev/nvidiactl")  # device=auto may pick cuda there
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return _run_cli(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1", **(env or {})})
-
-
 def mlp_params(sizes: list[int]) -> int:
     return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
-
-
-def output(p: subprocess.CompletedProcess) -> str:
-    return f"exit {p.returncode}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}"
 
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-# --- the module's commands, started in the background ---------------------------------
+# --- the module's commands, in the background -------------------------------------------------------------
 
 
-@dataclass
-class Done:
-    dir: Path  # the command's working directory
-    proc: Any  # CompletedProcess, or whatever the job returned
-
-
-JOBS: dict[str, Callable[[Path], Any]] = {}  # fixture name -> job(dir); longest first
-
-
-def job(fn: Callable[[Path], Any]) -> Callable[[Path], Any]:
-    JOBS[fn.__name__] = fn
-    return fn
-
-
-@job
+@background
 def resnet_run(d: Path):
     return run_cli("model=resnet", "depth=100", "act=leaky_relu", "epochs=1", "width=8", "data.n=64",
                    "log.progress=false", cwd=d)
@@ -95,58 +69,48 @@ def write_houses(path: Path) -> None:
     }).to_csv(path, index=False)
 
 
-@job
+@background
 def csv_sweep(d: Path):
-    """One sweep over the target column: float, 3 strings, 0/1 ints, two floats."""
+    """One sweep over the target column: first a column the file lacks (the job fails, the sweep goes on),
+    then a float, 3 strings, 0/1 ints, two floats."""
     write_houses(d / "houses.csv")
     return run_cli("-m", "data=csv", "data.path=houses.csv", "data.features=[area,rooms]",
-                   "data.target=price,kind,flag,[price,rent]", "epochs=2", "depth=2", "width=8",
+                   "data.target=nope,price,kind,flag,[price,rent]", "epochs=2", "depth=2", "width=8",
                    "log.progress=false", cwd=d)
 
 
-@job
+@background
 def multirun(d: Path):
     return run_cli("-m", "act=relu,tanh", "epochs=2", "depth=2", "width=8", "data.n=64", "log.progress=false", cwd=d)
 
 
-@job
-def failing_sweep(d: Path):
-    """The first job names a column the file lacks; the second is fine."""
-    write_houses(d / "houses.csv")
-    return run_cli("-m", "data=csv", "data.path=houses.csv", "data.features=[area,rooms]", "data.target=nope,price",
-                   "epochs=1", "depth=1", "width=4", "log.progress=false", cwd=d)
-
-
-@job
+@background
 def wheel(d: Path):
     """Build the wheel, install it with --target, import it from elsewhere. Returns {step: CompletedProcess}."""
-    steps: dict[str, subprocess.CompletedProcess] = {}
+    steps = {}
     # hatchling installed here already: build without fetching it from an index
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    steps["build"] = subprocess.run([*pip, "wheel", "--no-deps", *isolation, "-w", str(d / "dist"), str(ROOT)],
-                                    capture_output=True, text=True, timeout=300)
+    steps["build"] = run_program(*pip, "wheel", "--no-deps", *isolation, "-w", d / "dist", ROOT, timeout=300)
     wheels = sorted((d / "dist").glob("deeprun-*.whl"))
     if steps["build"].returncode or not wheels:
         return steps
-    steps["install"] = subprocess.run([*pip, "install", "--no-deps", "--target", str(d / "site"), str(wheels[0])],
-                                      capture_output=True, text=True, timeout=300)
+    steps["install"] = run_program(*pip, "install", "--no-deps", "--target", d / "site", wheels[0], timeout=300)
     elsewhere = d / "elsewhere"
     elsewhere.mkdir()
     code = (f"import sys; sys.path.insert(0, {str(d / 'site')!r})\n"
             "import deeprun, deeprun.config as c\n"
             "print(deeprun.__file__); print(c.conf_dir()); print(c.compose(['depth=5', 'act=tanh']).depth)")
-    steps["import"] = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True,
-                                     timeout=120)
+    steps["import"] = run_python(code, cwd=elsewhere)
     return steps
 
 
-@job
+@background
 def default_run(d: Path):
     return run_cli(*TINY_MLP, "log.loss_at=[1,3,200]", cwd=d, env=WIDE)
 
 
-@job
+@background
 def csv_forced_regression(d: Path):
     """Integer target with few values: auto would say classes; data.task=regression says numbers."""
     rng = np.random.default_rng(1)
@@ -157,7 +121,7 @@ def csv_forced_regression(d: Path):
                    "epochs=2", "depth=2", "width=8", "log.progress=false", cwd=d)
 
 
-@job
+@background
 def help_run(d: Path):
     """`deeprun --help` as the console script runs it (main()), reporting whether torch got imported."""
     code = ("import sys\n"
@@ -166,34 +130,24 @@ def help_run(d: Path):
             "try:\n    c.main()\n    code = 0\n"
             "except SystemExit as e:\n    code = e.code or 0\n"
             "print('EXIT', code, 'TORCH', 'torch' in sys.modules)\n")
-    return subprocess.run([sys.executable, "-c", code], cwd=d, capture_output=True, text=True, timeout=120)
+    return run_python(code, cwd=d)
 
 
-@pytest.fixture(scope="module")
-def launched(request, tmp_path_factory):
-    """Start every job a selected test of this module uses; {name: (dir, Future)}."""
-    wanted = {name for item in request.session.items if item.module is request.module for name in item.fixturenames}
-    pool = ThreadPoolExecutor(max_workers=2)
-    futures: dict[str, tuple[Path, Future]] = {}
-    for name, fn in JOBS.items():
-        if name in wanted:
-            d = tmp_path_factory.mktemp(name)
-            futures[name] = (d, pool.submit(fn, d))
-    yield futures
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _result(launched, name: str) -> Done:
-    d, future = launched[name]
-    return Done(d, future.result())
-
-
-for _name in JOBS:  # one module-scoped fixture per job, named as the job
-    def _fixture(launched, _name=_name):
-        return _result(launched, _name)
-
-    _fixture.__name__ = _name
-    globals()[_name] = pytest.fixture(scope="module", name=_name)(_fixture)
+@background
+def ctrl_c_run(d: Path):
+    """A long run, sent SIGINT once it trains: (exit status, stdout, stderr)."""
+    proc = start_cli("epochs=1000000", "log.every=50", "log.progress=false", "data.n=64", "save.checkpoints=[init]",
+                     cwd=d)
+    deadline = time.monotonic() + 60
+    # init.pt is written once the model is built, just before training: from then on epochs come
+    # (summary.json comes earlier, before data, model and device are set up: seconds on a GPU machine)
+    while time.monotonic() < deadline and proc.poll() is None and not any(
+            r.joinpath("init.pt").exists() for r in (d / "outputs" / "runs").glob("*/*")):
+        time.sleep(0.2)
+    time.sleep(6)  # past the first optimiser (torch imports its compiler then: 2 s here, 4 on a GPU machine)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
 
 
 # --- 1. the default experiment ------------------------------------------------------------
@@ -264,7 +218,7 @@ def test_default_run_epochs_csv(default_records):
     assert (epochs.train_loss > 0).all() and (epochs.val_loss > 0).all()
     assert (epochs.val_r2 <= 1).all()
     assert epochs.lr.tolist() == [0.001] * 4
-    assert (epochs.seconds >= 0).all()
+    assert (epochs.seconds >= 0).all() and (epochs.seconds[epochs.epoch >= 1] > 0).all()  # a trained epoch takes time
 
 
 def test_default_run_layers_csv(default_records):
@@ -282,11 +236,12 @@ def test_default_run_layers_csv(default_records):
     hidden = layers[layers.name != "head"]
     assert hidden.dead_frac.between(0, 1).all()  # relu: a share of units
     assert hidden.saturated_frac.isna().all()  # relu: no flat tails to measure
-    assert (hidden.act_mean >= 0).all() and (hidden.act_std >= 0).all()  # relu outputs are >= 0
+    assert (hidden.act_mean >= 0).all()  # relu outputs are >= 0
+    assert (hidden.act_std[hidden.dead_frac < 1] > 0).all()  # a layer with a unit alive: outputs that vary
     assert layers[layers.name == "head"][["act_mean", "act_std", "dead_frac"]].isna().all().all()  # no activation
 
 
-# --- 2. the seed-000 fix: a 100-block residual net ----------------------------------------
+# --- 2. the residual-network notebook's fix: a 100-block residual net ---------------------------
 
 
 @pytest.mark.slow
@@ -315,13 +270,14 @@ def test_resnet_depth_100(resnet_run):
 
 @pytest.fixture(scope="module")
 def csv_runs(csv_sweep) -> dict[str, tuple[dict, pd.DataFrame]]:
-    """data.target -> (summary, epochs) of each job of the sweep."""
+    """data.target -> (summary, epochs) of each job of the sweep that trained."""
     p = csv_sweep.proc
-    assert p.returncode == 0, output(p)
+    assert p.returncode == 1, output(p)  # job 0 (data.target=nope) failed, by design
     runs = {}
     for d in run_dirs(csv_sweep.dir / "outputs" / "sweeps"):
         s = read_summary(d)
-        runs[s["data.target"]] = (s, pd.read_csv(d / "epochs.csv"))
+        if s["data.target"] != "nope":
+            runs[s["data.target"]] = (s, pd.read_csv(d / "epochs.csv"))
     assert set(runs) == {"price", "kind", "flag", json.dumps(["price", "rent"])}, list(runs)
     return runs
 
@@ -433,10 +389,10 @@ def test_help_lists_groups_without_importing_torch(help_run):
     assert "Traceback" not in p.stderr
 
 
-def test_cfg_job_prints_config_without_training(cli, tmp_path):
-    p = cli("--cfg", "job", "depth=5")
-    assert p.returncode == 0, output(p)
-    config = yaml.safe_load(p.stdout)
+def test_cfg_job_prints_config_without_training(main, tmp_path):
+    p = main("--cfg", "job", "depth=5")  # in this process: only the composed config is needed
+    assert p.code == 0, p.err
+    config = yaml.safe_load(p.out)
     assert config["depth"] == 5
     assert config["model"]["name"] == "mlp" and config["act"]["name"] == "relu"
     assert run_dirs(tmp_path) == []  # nothing trained, nothing recorded
@@ -466,13 +422,15 @@ def test_multirun_leaves_one_record_per_job(multirun):
 
 
 @pytest.mark.slow
-def test_sweep_goes_on_after_a_failed_job(failing_sweep):
+def test_sweep_goes_on_after_a_failed_job(csv_sweep):
     """DESIGN: an exception in one job of a sweep is recorded as failed with its message, and the sweep goes on."""
-    p = failing_sweep.proc
+    p = csv_sweep.proc
     assert "Traceback" not in p.stdout + p.stderr, output(p)
     assert p.returncode == 1, output(p)  # the sweep ran to its end, and says a job failed
-    summaries = {s["data.target"]: s for s in map(read_summary, run_dirs(failing_sweep.dir / "outputs" / "sweeps"))}
+    dirs = {read_summary(d)["data.target"]: d for d in run_dirs(csv_sweep.dir / "outputs" / "sweeps")}
+    summaries = {target: read_summary(d) for target, d in dirs.items()}
     assert summaries.get("nope", {}).get("status") == "failed", output(p)
+    assert dirs["nope"].name.startswith("0_") and dirs["price"].name.startswith("1_")  # failed first, then went on
     assert "nope" in summaries["nope"]["error"]
     assert summaries.get("price", {}).get("status") == "completed", f"the second job did not run\n{output(p)}"
 
@@ -481,28 +439,12 @@ def test_sweep_goes_on_after_a_failed_job(failing_sweep):
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_an_interrupted_record(tmp_path):
+def test_ctrl_c_leaves_an_interrupted_record(ctrl_c_run):
     """SIGINT mid-run: exit 130, and records that parse, marked interrupted, with the epochs done so far."""
-    import signal
-    import time
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([str(DEEPRUN), "epochs=1000000", "log.every=50", "log.progress=false", "data.n=64",
-                             "save.checkpoints=[init]"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    # init.pt is written once the model is built, just before training: from then on epochs come
-    # (summary.json comes earlier, before data, model and device are set up: seconds on a GPU machine)
-    while time.monotonic() < deadline and not any(
-            d.joinpath("init.pt").exists() for d in (tmp_path / "outputs" / "runs").glob("*/*")):
-        time.sleep(0.2)
-    time.sleep(6)  # past the first optimiser (torch imports its compiler then: 2 s here, 4 on a GPU machine)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, f"exit {proc.returncode}\n{out}\n{err}"
+    code, out, err = ctrl_c_run.result
+    assert code == 130, f"exit {code}\n{out}\n{err}"
     assert "interrupted" in err and "Traceback" not in err
-    (d,) = run_dirs(tmp_path / "outputs" / "runs")
+    (d,) = run_dirs(ctrl_c_run.dir / "outputs" / "runs")
     s = read_summary(d)
     assert s["status"] == "interrupted" and s["error"] == "KeyboardInterrupt"
     epochs = pd.read_csv(d / "epochs.csv")

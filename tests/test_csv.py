@@ -19,7 +19,7 @@ import deeprun
 from deeprun import data as data_module
 from deeprun.config import ConfigError
 
-from conftest import run_cli
+from conftest import compose
 
 SMALL = ["device=cpu", "epochs=2", "depth=2", "width=8", "log.progress=false", "data=csv"]
 HOUSES = "area,rooms,price\n50,1,100\n60,2,130\n70,3,160\n80,2,170\n90,4,200\n"
@@ -39,7 +39,7 @@ def write(text: str | bytes, name: str = "t.csv") -> str:
 
 
 def cfg(text: str | bytes, *overrides: str, target: str = "price"):
-    return deeprun.compose([*SMALL, f"data.path={write(text)}", f"data.target={target}", *overrides])
+    return compose([*SMALL, f"data.path={write(text)}", f"data.target={target}", *overrides])
 
 
 def build(text: str | bytes, *overrides: str, target: str = "price") -> data_module.Data:
@@ -121,7 +121,8 @@ def test_semicolon_with_decimal_commas_in_some_rows(capsys):
     assert data_module._peek(write(text), "auto")[0] == ";"
     # read with ';', 50,5 is a number with a decimal comma: read as one, and said so in one line
     data = build(text, "data.task=regression", "data.scale_target=false")
-    assert sorted(torch.cat([data.x_train, data.x_val]).flatten().tolist()) != [0.0] * 3  # numbers, standardised
+    low, mid, high = sorted(torch.cat([data.x_train, data.x_val]).flatten().tolist())  # numbers, standardised:
+    assert (mid - low) / (high - mid) == pytest.approx((60 - 50.5) / (70 - 60), rel=1e-5)  # 50,5 read as 50.5
     assert capsys.readouterr().err == (
         "deeprun: data.path='t.csv': read 1 column(s) with decimal commas ('area'; e.g. 50,5 as 50.5); "
         "set data.decimal=comma to say so\n")
@@ -139,12 +140,11 @@ def test_decimal_comma_reads_numbers_and_leaves_comma_out_of_auto():
     assert data_module._peek(ambiguous, "auto", "comma")[0] == ";"
 
 
-def test_decimal_comma_with_comma_delimiter_is_one_line(tmp_path):
+def test_decimal_comma_with_comma_delimiter_is_one_line(main):
     write(HOUSES)
-    proc = run_cli("data=csv", "data.path=t.csv", "data.target=price", "data.decimal=comma", "data.delimiter=comma",
-                   cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == ("deeprun: error: data.delimiter=comma: with data.decimal=comma it would split 1,5 "
+    proc = main("data=csv", "data.path=t.csv", "data.target=price", "data.decimal=comma", "data.delimiter=comma")
+    assert proc.code == 2
+    assert proc.err.strip() == ("deeprun: error: data.delimiter=comma: with data.decimal=comma it would split 1,5 "
                                    "in two; use semicolon, tab, pipe or auto")
 
 
@@ -163,7 +163,7 @@ def test_delimiter_given_is_used():
 
 def test_bom_is_not_part_of_the_first_name():
     path = write("\ufeffarea,rooms,price\n50,1,100\n60,2,130\n70,3,160\n".encode("utf-8"))
-    table = data_module.read_csv(deeprun.compose([*SMALL, f"data.path={path}", "data.target=area"]).data)
+    table = data_module.read_csv(compose([*SMALL, f"data.path={path}", "data.target=area"]).data)
     assert list(table.y.columns) == ["area"] and list(table.x.columns) == ["rooms", "price"]
 
 
@@ -331,13 +331,13 @@ def fine(missing="kept", max_rows=None):  # a user key named like a CSV key is t
 def test_custom_data_errors(in_tmp, fn, says):
     (in_tmp / "csv_sets.py").write_text(SETS)
     with pytest.raises(ConfigError) as info:
-        deeprun.build_data(deeprun.compose(["device=cpu", "data=custom", f"data._target_=csv_sets.{fn}"]))
+        deeprun.build_data(compose(["device=cpu", "data=custom", f"data._target_=csv_sets.{fn}"]))
     assert str(info.value) == says
 
 
 def test_custom_data_gets_its_own_keys_only(in_tmp):
     (in_tmp / "csv_sets.py").write_text(SETS)
-    c = deeprun.compose(["device=cpu", "data=custom", "data._target_=csv_sets.fine", "+data.missing=kept", "debug=smoke"])
+    c = compose(["device=cpu", "data=custom", "data._target_=csv_sets.fine", "+data.missing=kept", "debug=smoke"])
     data = deeprun.build_data(c)
     assert (data.task, data.n_in, data.rows_dropped) == ("regression", 3, 0)
 
@@ -355,7 +355,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_cli_bad_file(in_tmp, case):
+def test_cli_bad_file(in_tmp, main, case, one_thread):
     text, args, says = BAD[case]
     if case == "one-class-in-training":  # put the only b where the seeded split sends validation rows
         _, val = data_module.split(5, 0.2, 0)
@@ -364,12 +364,11 @@ def test_cli_bad_file(in_tmp, case):
         text = "area,label\n" + "".join(f"{i},{r}\n" for i, r in enumerate(rows))
         says = "data.target='label': the training split holds one class only ('a'"
     write(text)
-    p = run_cli("data=csv", "data.path=t.csv", *args, "epochs=1", "log.progress=false",
-                cwd=in_tmp, env={"OMP_NUM_THREADS": "1"})
-    shown = f"exit {p.returncode}\n--- stdout\n{p.stdout}--- stderr\n{p.stderr}"
-    assert p.returncode == 2, shown
-    assert "Traceback" not in p.stdout + p.stderr and p.stdout == "", shown
-    lines = p.stderr.splitlines()
+    p = main("data=csv", "data.path=t.csv", *args, "epochs=1", "log.progress=false")
+    shown = f"exit {p.code}\n--- stdout\n{p.out}--- stderr\n{p.err}"
+    assert p.code == 2, shown
+    assert "Traceback" not in p.out + p.err and p.out == "", shown
+    lines = p.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"deeprun: error: {says}"), shown
     assert sorted(q.name for q in in_tmp.rglob("*") if q.is_file()) == ["t.csv"], "run records left behind"
 
@@ -454,16 +453,17 @@ def test_scale_target_must_be_a_bool():
     assert str(info.value) == "data.scale_target='maybe': must be true or false"
 
 
-def test_house_prices_train_in_standardised_units_through_the_cli(tmp_path):
+@pytest.mark.slow
+def test_house_prices_train_in_standardised_units_through_the_cli(tmp_path, main, one_thread):
     """price = 3e5 + 5e4 * (a linear mix of 4 features) + noise: the defaults fit it."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(500, 4, generator=gen)
     price = 3e5 + 5e4 * (x @ torch.tensor([0.5, -0.3, 0.8, 0.2])) + 1e3 * torch.randn(500, generator=gen)
     rows = "".join(",".join(f"{v:.4f}" for v in r) + f",{p:.2f}\n" for r, p in zip(x.tolist(), price.tolist()))
     write("a,b,c,d,price\n" + rows)
-    proc = run_cli("data=csv", "data.path=t.csv", "data.target=price", "log.progress=false", "device=cpu",
-                   "hydra.run.dir=run", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    proc = main("data=csv", "data.path=t.csv", "data.target=price", "log.progress=false", "device=cpu",
+                "hydra.run.dir=run")
+    assert proc.code == 0, proc.err
     summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["val_r2"] >= 0.9 and summary["loss_units"] == "standardised"
     assert summary["final_train_loss"] < 0.2 and summary["val_rmse"] < 2e4

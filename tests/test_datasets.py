@@ -14,7 +14,7 @@ from deeprun import report
 from deeprun.config import ConfigError
 from deeprun.records import results_frame
 
-from conftest import run_cli
+from conftest import compose, fast_first
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 pytest.importorskip("sklearn")
@@ -30,22 +30,22 @@ SETS = {
 }
 
 
-@pytest.mark.parametrize("name", SETS)
+@pytest.mark.parametrize("name", fast_first(SETS, keep={"iris", "digits"}))
 def test_shapes_task_split_and_standardised_features(name):
     task, shape, n_out, rows, _ = SETS[name]
-    data = deeprun.build_data(deeprun.compose([*SMALL, f"data={name}"]))
+    data = deeprun.build_data(compose([*SMALL, f"data={name}"]))
     assert (data.task, data.in_shape, data.n_out) == (task, shape, n_out)
     assert (len(data.x_train) + len(data.x_val), len(data.x_val)) == (rows, round(rows * 0.2))
     assert abs(data.x_train.mean().item()) < 1e-4  # the train split's statistics
     assert data.n_classes == (None if task == "regression" else max(n_out, 2))
     assert data.loss_units == ("standardised" if task == "regression" else None)
-    assert len(deeprun.build_data(deeprun.compose([*SMALL, f"data={name}", "data.max_rows=64"])).x_train) == 51
+    assert len(deeprun.build_data(compose([*SMALL, f"data={name}", "data.max_rows=64"])).x_train) == 51
 
 
-@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "diabetes"])
+@pytest.mark.parametrize("name", fast_first(["iris", "wine", "breast_cancer", "diabetes"], keep={"iris"}))
 def test_trains_and_beats_chance(name):
     task, _, _, _, chance = SETS[name]
-    result = deeprun.run(deeprun.compose([*SMALL, f"data={name}", "epochs=30"]))
+    result = deeprun.run(compose([*SMALL, f"data={name}", "epochs=30"]))
     s = result.summary
     assert s["status"] == "completed" and s["task"] == task
     if chance is None:
@@ -61,10 +61,11 @@ def test_without_scikit_learn_one_line_names_the_extra(monkeypatch):
     assert str(info.value) == "data=digits needs scikit-learn: pip install 'deeprun[sklearn]'"
 
 
-def test_digits_with_a_cnn_through_the_cli(tmp_path):
-    proc = run_cli("data=digits", "model=cnn", "depth=2", "width=8", "epochs=5", "batch_size=64", "lr=0.01", "optimizer=adam",
-                   "device=cpu", "log.progress=false", "hydra.run.dir=run", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+@pytest.mark.slow
+def test_digits_with_a_cnn_through_the_cli(tmp_path, main):
+    proc = main("data=digits", "model=cnn", "depth=2", "width=8", "epochs=5", "batch_size=64", "lr=0.01", "optimizer=adam",
+                "device=cpu", "log.progress=false", "hydra.run.dir=run")
+    assert proc.code == 0, proc.err
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (s["status"], s["task"], s["n_classes"], s["data"]) == ("completed", "multiclass", 10, "digits")
     assert s["val_accuracy"] > 0.3

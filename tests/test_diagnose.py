@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import deeprun
-from conftest import run_cli
+from conftest import background, compose, run_cli
 from deeprun import diagnosis as dg
 from deeprun.probes import Probes
 
@@ -20,7 +20,7 @@ QUICK = ["log.progress=false", "diagnose.draws=2"]
 
 
 def cpu(*overrides: str):
-    return deeprun.compose(["device=cpu", *QUICK, *overrides])
+    return compose(["device=cpu", *QUICK, *overrides])
 
 
 def built(*overrides: str):
@@ -47,7 +47,7 @@ def test_gradient_and_signal_profile_equal_autograd(one_thread):
         assert layers[i]["act_std"] == pytest.approx(h.std().item(), rel=1e-4)
     assert math.isnan(layers[-1]["pre_mean"])  # the head: no activation follows it
     assert blocks == []
-    # the seed's finding, at initialisation: sigmoid's gradient shrinks layer by layer towards the input
+    # the deep-MLP notebook's finding, at initialisation: sigmoid's gradient shrinks layer by layer towards the input
     assert layers[0]["grad_norm"] < 1e-3 * layers[-2]["grad_norm"]
 
 
@@ -70,8 +70,8 @@ def test_draws_are_independent_and_draw_zero_is_the_trained_net(one_thread):
     cfg, data, model = built("depth=3", "width=16", "act=tanh")
     d = dg.diagnose(cfg.copy())
     assert (d.layers["grad_norm_std"] > 0).all()  # the draws differ
-    solo = deeprun.run(deeprun.compose(["device=cpu", "depth=3", "width=16", "act=tanh", "epochs=1",
-                                        "log.progress=false", f"batch_size={cfg.diagnose.rows}"]))
+    solo = deeprun.run(compose(["device=cpu", "depth=3", "width=16", "act=tanh", "epochs=1",
+                                "log.progress=false", f"batch_size={cfg.diagnose.rows}"]))
     at_init = solo.layers[solo.layers.epoch == 0]
     one = dg.diagnose(cpu("depth=3", "width=16", "act=tanh", "diagnose.draws=1"))
     assert one.layers["grad_norm"].to_numpy() == pytest.approx(at_init["grad_norm"].to_numpy(), rel=1e-5)
@@ -162,8 +162,8 @@ def test_records_and_results_row(tmp_path, one_thread):
 
 
 def test_training_summary_has_the_verdict_at_init(one_thread):
-    summary = deeprun.run(deeprun.compose(["device=cpu", *MODEL_D, "act=sigmoid", "epochs=2",
-                                           "log.progress=false"])).summary
+    summary = deeprun.run(compose(["device=cpu", *MODEL_D, "act=sigmoid", "epochs=2",
+                                   "log.progress=false"])).summary
     assert summary["verdict@init"] == "vanishing"
 
 
@@ -178,42 +178,45 @@ def test_pivot_of_a_verdict(tmp_path):
     assert list(table["act=tanh"]) == ["healthy", "vanishing"]
 
 
+@background
+def diagnose_bad_input(d):
+    """`deeprun-diagnose diagnose.draws=0` as a user's shell runs it: the console script."""
+    return run_cli("diagnose.draws=0", cwd=d, env={"COLUMNS": "200"}, program="deeprun-diagnose")
+
+
 @pytest.mark.slow
-def test_cli_one_run_a_sweep_and_bad_input(tmp_path):
-    one = run_cli_diagnose(tmp_path, *MODEL_D, "act=sigmoid")
-    assert one.returncode == 0, one.stderr
-    assert "vanishing" in one.stdout and "Try:" in one.stdout and "records:" in one.stdout
+def test_cli_one_run_a_sweep_and_bad_input(tmp_path, main, monkeypatch, one_thread, diagnose_bad_input):
+    monkeypatch.setenv("COLUMNS", "200")
+    one = main(*MODEL_D, "act=sigmoid", program="deeprun-diagnose")
+    assert one.code == 0, one.err
+    assert "vanishing" in one.out and "Try:" in one.out and "records:" in one.out
     runs = list((tmp_path / "outputs").rglob("diagnosis.json"))
     assert len(runs) == 1 and (runs[0].parent / ".hydra" / "config.yaml").exists()
-    sweep = run_cli_diagnose(tmp_path, "-m", "act=tanh,relu", "depth=2,20", "width=16", "hydra.sweep.dir=sw")
-    assert sweep.returncode == 0, sweep.stderr
+    sweep = main("-m", "act=tanh,relu", "depth=2,20", "width=16", "hydra.sweep.dir=sw", program="deeprun-diagnose")
+    assert sweep.code == 0, sweep.err
     results = pd.read_csv(tmp_path / "sw" / "results.csv")
     assert len(results) == 4 and set(results["verdict@init"]) <= set(dg.VERDICTS)
-    assert "verdict@init" in sweep.stdout
+    assert "verdict@init" in sweep.out
     from deeprun.report import main as report
 
     report([str(tmp_path / "sw"), "--pivot", "depth", "act", "verdict@init", "--plot", str(tmp_path / "plots")])
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"diagnosis.png", "pivot_verdict@init_by_depth_and_act.png"}
     assert all(p.stat().st_size > 10_000 for p in (tmp_path / "plots").iterdir())
-    bad = run_cli_diagnose(tmp_path, "diagnose.draws=0")
+    bad = diagnose_bad_input.result
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "diagnose.draws" in bad.stderr and ">= 1" in bad.stderr
-
-
-def run_cli_diagnose(cwd, *args):
-    """`deeprun-diagnose ARGS` in `cwd`, as a user's shell runs it."""
-    return run_cli(*args, cwd=cwd, env={"COLUMNS": "200"}, program="deeprun-diagnose")
 
 
 def test_a_training_run_too_narrow_for_its_targets_is_a_bottleneck_at_init(tmp_path, one_thread):
     """verdict@init of `deeprun` has the bottleneck rule too: width 2 on the diagonal flip's 4 pixels."""
     flip = ["data=diag_flip", "init=kaiming_normal", "epochs=2", "log.progress=false", "device=cpu"]
-    narrow = deeprun.run(deeprun.compose([*flip, "model.widths=[2]"]), tmp_path / "narrow").summary
-    wide = deeprun.run(deeprun.compose([*flip, "model.widths=[16]"]), tmp_path / "wide").summary
+    narrow = deeprun.run(compose([*flip, "model.widths=[2]"]), tmp_path / "narrow").summary
+    wide = deeprun.run(compose([*flip, "model.widths=[16]"]), tmp_path / "wide").summary
     assert (narrow["verdict@init"], wide["verdict@init"]) == ("bottleneck", "healthy")
     assert json.loads((tmp_path / "narrow" / "summary.json").read_text())["verdict@init"] == "bottleneck"
 
 
+@pytest.mark.slow  # Hydra's help page composes the config and lists every group's options
 def test_diagnose_help_is_its_own_page_with_deeprun_groups(monkeypatch, capsys):
     from deeprun import cli
 

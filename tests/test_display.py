@@ -8,12 +8,11 @@ import os
 import re
 import select
 import struct
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import DEEPRUN
+from conftest import start_cli
 from rich.console import Console
 
 from deeprun import display
@@ -137,6 +136,7 @@ def test_summary_task_and_dropped_rows_show_only_when_they_say_something(capsys)
     assert f"records: {RECORDS}" in out.splitlines()
 
 
+@pytest.mark.subprocess
 def test_report_in_a_100_column_pseudo_terminal(frame, tmp_path):
     """The real console script: rich sees a terminal of 100 columns and fits the table to it."""
     import json
@@ -152,10 +152,9 @@ def test_report_in_a_100_column_pseudo_terminal(frame, tmp_path):
 
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
-    env = {**os.environ, "COLUMNS": "100", "LINES": "40", "TERM": "xterm"}
-    env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([str(DEEPRUN.with_name("deeprun-report")), str(root)], stdin=child, stdout=child,
-                            stderr=child, env=env, close_fds=True)
+    proc = start_cli(str(root), program="deeprun-report", cwd=tmp_path, stdin=child, stdout=child, stderr=child,
+                     text=False, start_new_session=False, close_fds=True,
+                     env={"COLUMNS": "100", "LINES": "40", "TERM": "xterm", "NO_COLOR": None})
     os.close(child)
     chunks = []
     while True:

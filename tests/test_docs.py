@@ -340,6 +340,7 @@ def failures(commands: list[Command], composer: Composer) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
 def test_every_command_shown_composes(doc, composer):
     bad = failures(extract(doc), composer)

@@ -1,16 +1,12 @@
 """A user's mistake ends in one line on stderr, `deeprun: error: ...` naming the key or file, exit status 2.
 
-Each case runs in a fresh directory holding the CSV files it needs. A process
-per case would cost a torch import per case, so most cases run one after another
-in a single Python process (the batch driver) that calls ``deeprun.cli.main()``,
-the function the console script calls, with each case's argv, capturing what it
-prints and its exit status. Mistakes deeprun must catch before torch loads
-(``early``: Hydra's composition and deeprun's own checks) run first there, and
-the driver reports whether each of them imported torch. A few cases of each kind
-(``script``) run as the `deeprun` console script as well, in their own process,
-as a check on that shortcut. The selected cases start together, two processes at
-a time (one torch thread each), when the first of them runs; each test checks
-its own case.
+Each case runs in a fresh directory holding the CSV files it needs, in this process (``deeprun.cli.main()``,
+the function the console script calls, with the case's argv); the fast tier runs the ``script`` cases,
+a few of each kind, and leaves the rest to the whole suite (marked ``exhaustive``). Two checks need
+processes of their own (background jobs, the whole suite only): mistakes deeprun must catch before
+torch loads (``early``: Hydra's composition and deeprun's own checks) run one after another in a fresh
+interpreter (the batch driver), which reports whether each of them imported torch; and the ``script``
+cases run as the `deeprun` console script, each in its own process, as a check on the in-process shortcut.
 """
 
 from __future__ import annotations
@@ -18,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import ConfigKeyError
 
 import deeprun
-from conftest import DEEPRUN, run_cli
+from conftest import DEEPRUN, background, compose, run_cli, run_main, run_program, run_python
 from deeprun.cli import one_line
 
 BASE = ["epochs=1", "log.progress=false"]  # cases come after, so they win; a case that wrongly trains stays short
@@ -215,59 +209,87 @@ class Outcome:
     returncode: int
     stdout: str
     stderr: str
-    imported_torch: Optional[bool] = None  # in-process cases: did this case load torch (None: loaded before it)
+    imported_torch: Optional[bool] = None  # the batch driver's cases: did this case load torch (None: loaded before it)
 
 
-@pytest.fixture(scope="module")
-def results(request, tmp_path_factory) -> dict[str, Outcome]:
-    """Run every selected case; {case id: Outcome}."""
-    wanted = [item.callspec.params["case"] for item in request.session.items
-              if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
-    todo = [c for c in dict.fromkeys(wanted) if not CASES[c].skip]
-
-    def workdir(case_id: str) -> Path:
-        d = tmp_path_factory.mktemp(case_id)
-        for name in CASES[case_id].files:
-            (d / name).write_text(CSV[name])
-        return d
-
-    def script(case_id: str) -> dict[str, Outcome]:
-        p = run_cli(*argv(case_id), cwd=workdir(case_id), env={"OMP_NUM_THREADS": "1"})
-        return {case_id: Outcome(p.returncode, p.stdout, p.stderr)}
-
-    def batch(case_ids: list[str]) -> dict[str, Outcome]:
-        cases = [{"id": c, "args": argv(c), "cwd": str(workdir(c))} for c in case_ids]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        env.pop("HYDRA_FULL_ERROR", None)
-        p = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(cases), capture_output=True, text=True,
-                           timeout=300, env=env, cwd=tmp_path_factory.mktemp("driver"))
-        assert p.returncode == 0 and p.stdout.strip(), f"the batch driver failed\n{p.stdout}\n{p.stderr}"
-        return {c: Outcome(**o) for c, o in json.loads(p.stdout.strip().splitlines()[-1]).items()}
-
-    in_process = sorted((c for c in todo if not CASES[c].script), key=lambda c: not CASES[c].early)  # early first
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(batch, in_process)] if in_process else []
-        futures += [pool.submit(script, c) for c in todo if CASES[c].script]
-        return {k: v for f in futures for k, v in f.result().items()}
+def workdir(root: Path, case_id: str) -> Path:
+    """A fresh directory for the case, holding the files it names."""
+    d = root / case_id
+    d.mkdir()
+    for name in CASES[case_id].files:
+        (d / name).write_text(CSV[name])
+    return d
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_one_line_error(case, results):
+def shown(case_id: str, p: Outcome) -> str:
+    return f"deeprun {' '.join(CASES[case_id].args)}\nexit {p.returncode}\n--- stdout\n{p.stdout}--- stderr\n{p.stderr}"
+
+
+def check_one_line(case_id: str, p: Outcome) -> None:
+    """Exit 2, one line `deeprun: error: ...` saying what the case says, nothing on stdout, no traceback."""
+    assert "Traceback" not in p.stdout + p.stderr, shown(case_id, p)
+    assert p.returncode == 2, shown(case_id, p)
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deeprun: error: "), shown(case_id, p)
+    line = lines[0].lower()
+    missing = [s for s in CASES[case_id].says
+               if not (re.search(s[3:], line) if s.startswith("re:") else s.lower() in line)]
+    assert not missing, f"the error does not say {missing}\n{shown(case_id, p)}"
+    assert p.stdout.strip() == "", f"more printed than the one error line\n{shown(case_id, p)}"
+
+
+# the fast tier runs the script cases (a few of each kind); the whole suite every case
+@pytest.mark.parametrize("case", [c if CASES[c].script else pytest.param(c, marks=pytest.mark.exhaustive)
+                                  for c in CASES])
+def test_one_line_error(case, tmp_path, monkeypatch, capsys):
     if CASES[case].skip:
         pytest.skip(CASES[case].skip)
-    p = results[case]
-    shown = f"deeprun {' '.join(CASES[case].args)}\nexit {p.returncode}\n--- stdout\n{p.stdout}--- stderr\n{p.stderr}"
-    assert "Traceback" not in p.stdout + p.stderr, shown
-    assert p.returncode == 2, shown
-    lines = p.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("deeprun: error: "), shown
-    line = lines[0].lower()
-    missing = [s for s in CASES[case].says
-               if not (re.search(s[3:], line) if s.startswith("re:") else s.lower() in line)]
-    assert not missing, f"the error does not say {missing}\n{shown}"
-    assert p.stdout.strip() == "", f"more printed than the one error line\n{shown}"
-    if CASES[case].early:  # "--help and config errors stay fast": torch is not loaded to report them
-        assert p.imported_torch in (False, None), f"torch was imported before the error\n{shown}"
+    monkeypatch.chdir(workdir(tmp_path, case))
+    modules = set(sys.modules)
+    try:
+        code = run_main(monkeypatch, *argv(case))
+    finally:  # a case's own module (my_nets.py) goes with its directory
+        for name in set(sys.modules) - modules:
+            if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
+                del sys.modules[name]
+    out, err = capsys.readouterr()
+    check_one_line(case, Outcome(code, out, err))
+
+
+EARLY = [c for c in CASES if CASES[c].early and not CASES[c].skip]
+SCRIPT = [c for c in CASES if CASES[c].script and not CASES[c].skip]
+
+
+@background
+def early_cases(d: Path) -> dict[str, Outcome]:
+    """The early cases one after another in the batch driver, a fresh interpreter: {case id: Outcome}."""
+    cases = [{"id": c, "args": argv(c), "cwd": str(workdir(d, c))} for c in EARLY]
+    p = run_python(DRIVER, input=json.dumps(cases), cwd=d, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip(), f"the batch driver failed\n{p.stdout}\n{p.stderr}"
+    return {c: Outcome(**o) for c, o in json.loads(p.stdout.strip().splitlines()[-1]).items()}
+
+
+@background
+def script_cases(d: Path) -> dict[str, Outcome]:
+    """The script cases, each as the `deeprun` console script in a process of its own: {case id: Outcome}."""
+    done = {}
+    for c in SCRIPT:
+        p = run_cli(*argv(c), cwd=workdir(d, c))
+        done[c] = Outcome(p.returncode, p.stdout, p.stderr)
+    return done
+
+
+@pytest.mark.parametrize("case", EARLY)
+def test_an_early_mistake_is_one_line_before_torch_loads(case, early_cases):
+    """--help and config errors stay fast: torch is not loaded to report them."""
+    p = early_cases.result[case]
+    check_one_line(case, p)
+    assert p.imported_torch is False, f"torch was imported before the error (or by a case before it)\n{shown(case, p)}"
+
+
+@pytest.mark.parametrize("case", SCRIPT)
+def test_the_console_script_says_the_same_one_line(case, script_cases):
+    check_one_line(case, script_cases.result[case])
 
 
 # --- one_line on the exceptions composing raises (in-process, no torch) ----------------------
@@ -354,12 +376,12 @@ def test_compose_explains_a_split_override():
         deeprun.compose(["act=relu,", "tanh"])
 
 
-def test_version_names_deeprun_torch_and_hydra(cli):
+def test_version_names_deeprun_torch_and_hydra(main):
     from importlib.metadata import version
 
-    p = cli("--version")
-    assert p.returncode == 0 and p.stderr == "", p.stderr
-    assert p.stdout == f"deeprun {deeprun.__version__} (torch {version('torch')}, hydra-core {version('hydra-core')})\n"
+    p = main("--version")
+    assert p.code == 0 and p.err == "", p.err
+    assert p.out == f"deeprun {deeprun.__version__} (torch {version('torch')}, hydra-core {version('hydra-core')})\n"
 
 
 # --- the size check and out of memory ---------------------------------------------------------
@@ -373,7 +395,7 @@ def test_weight_estimate_counts_every_weight_layer(overrides, one_thread):
     from deeprun.config import weight_count
     from deeprun.models import count_params
 
-    cfg = deeprun.compose([*overrides, "data.n=16"])
+    cfg = compose([*overrides, "data.n=16"])
     params = count_params(deeprun.build_model(cfg, deeprun.build_data(cfg)))
     assert 0.9 <= params / weight_count(cfg) <= 1.1  # biases and norms are the rest
 
@@ -391,7 +413,7 @@ def test_out_of_memory_is_a_recorded_one_line_error(tmp_path, monkeypatch):
     import deeprun.api as api
 
     monkeypatch.setattr(api, "build_model", _raise(RuntimeError(OOM)))  # before the model exists: the estimate
-    cfg = deeprun.compose(["model=resnet", "depth=100", "width=3000", "epochs=1", "log.progress=false"])
+    cfg = compose(["model=resnet", "depth=100", "width=3000", "epochs=1", "log.progress=false"])
     with pytest.raises(deeprun.OutOfMemory) as info:
         deeprun.run(cfg, out_dir=tmp_path)
     assert str(info.value) == ("out of memory on cpu: model=resnet depth=100 width=3000 has about 1,800,000,000 "
@@ -425,16 +447,19 @@ def test_out_of_memory_in_training_counts_the_built_model(tmp_path, monkeypatch,
     assert summary["status"] == "failed" and summary["error"] == line.removeprefix("deeprun: error: ").strip()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ulimit -v caps the address space on Linux")
-def test_out_of_memory_through_the_real_cli(tmp_path):
+@background
+def oom_run(d: Path):
     """A 1.8e9-weight resnet under a 1.5 GB address space: allocation fails while the model is built."""
-    p = subprocess.run(["bash", "-c", f"ulimit -v 1500000; exec '{DEEPRUN}' model=resnet depth=100 width=3000 "
-                                      "epochs=1 log.progress=false hydra.run.dir=run"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                       env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    return run_program("bash", "-c", f"ulimit -v 1500000; exec '{DEEPRUN}' model=resnet depth=100 width=3000 "
+                                     "epochs=1 log.progress=false hydra.run.dir=run", cwd=d, timeout=120)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ulimit -v caps the address space on Linux")
+def test_out_of_memory_through_the_real_cli(oom_run):
+    p = oom_run.result
     if p.returncode != 2 and "out of memory" not in p.stderr:
         pytest.skip(f"this torch does not start in 1.5 GB of address space: {p.stderr[-300:]}")
     assert p.returncode == 2 and p.stderr.startswith("deeprun: error: out of memory on cpu: model=resnet depth=100 "
                                                      "width=3000 has about 1,800,000,000 weights; training needs "
                                                      "about 29.7 GiB") and p.stderr.count("\n") == 1, p.stderr
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((oom_run.dir / "run" / "summary.json").read_text())["status"] == "failed"

@@ -1,19 +1,20 @@
-"""The seed experiments as presets (conf/experiment/NAME.yaml, `deeprun -m experiment=NAME`), and one
+"""The notebooks' experiments as presets (conf/experiment/NAME.yaml, `deeprun -m experiment=NAME`), and one
 paper's: criticality, Schoenholz et al. 2017's phase diagram.
 
 Every job of every preset's grid composes and validates; each preset then runs shrunk (fewer
-epochs, narrower, fewer jobs) as a user would, and the seed's claim is checked on the numbers
-in its results.csv, per seed where one draw could decide it. The full-size runs and the seed's
+epochs, narrower, fewer jobs) as a user would, and the notebook's claim is checked on the numbers
+in its results.csv, per seed where one draw could decide it. The full-size runs and the notebooks'
 own numbers are in docs/experiments.md (`make experiments`).
 
-The shrunk sweeps start together in the background, two at a time; each test reads its own.
+The shrunk sweeps are background jobs (conftest.background), started with the session; each test
+reads its own.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -22,8 +23,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import deeprun
-from conftest import ROOT, run_cli
-from deeprun.config import conf_dir, validate
+from conftest import ROOT, background, compose as preset, fast_first, run_cli
+from deeprun.config import conf_dir
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # jobs per full grid: the number the header comment of each preset promises
@@ -34,42 +35,53 @@ ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "250"}
 
 # --- every job of every grid composes ----------------------------------------------------------
 
-def grid(name: str) -> list[list[str]]:
-    """The overrides of each job `deeprun -m experiment=NAME` launches, expanded from the preset's
-    hydra.sweeper.params as Hydra's basic sweeper does (the last key varies fastest)."""
+@functools.lru_cache(maxsize=None)
+def _grid(name: str) -> tuple[tuple[str, ...], ...]:
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params or {}
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
-    return [list(job) for job in itertools.product(*axes)]
+    return tuple(itertools.product(*axes))
 
 
-def test_the_presets_are_the_seven_seed_experiments_and_criticality():
+@functools.lru_cache(maxsize=None)
+def composed(name: str) -> dict[tuple[str, ...], object]:
+    """Each distinct job of the preset's grid (seeds aside: they change no config structure) composed and
+    validated: {job's overrides less seed=: config}. As the batched launcher composes a sweep's jobs, Hydra
+    composes once per distinct list of group choices and the plain overrides go on a copy (conftest.compose,
+    the same configs as deeprun.compose: tests/test_launcher.py); shared by the tests."""
+    distinct = {tuple(o for o in job if not o.startswith("seed=")) for job in _grid(name)}
+    return {job: preset([f"experiment={name}", *job]) for job in sorted(distinct)}
+
+
+def grid(name: str) -> list[list[str]]:
+    """The overrides of each job `deeprun -m experiment=NAME` launches, expanded from the preset's
+    hydra.sweeper.params as Hydra's basic sweeper does (the last key varies fastest)."""
+    return [list(job) for job in _grid(name)]
+
+
+def test_the_presets_are_the_seven_notebook_experiments_and_criticality():
     assert PRESETS == sorted(JOBS)
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", fast_first(PRESETS, keep={"criticality"}))
 def test_every_job_of_the_grid_composes(name):
     jobs = grid(name)
     assert len(jobs) == JOBS[name]
     assert len({tuple(j) for j in jobs}) == len(jobs)  # no job twice
-    # seeds change no config structure: compose each distinct job once, in one Hydra context (fast)
-    distinct = {tuple(o for o in job if not o.startswith("seed=")) for job in jobs}
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        for job in sorted(distinct):
-            cfg = compose("config", overrides=[f"experiment={name}", *job])
-            validate(cfg)
-            assert cfg.epochs >= 1 and "experiment" not in cfg  # a preset sets keys, it adds none
+    # seeds change no config structure: each distinct job composed once (composed() validates it)
+    for cfg in composed(name).values():
+        assert cfg.epochs >= 1 and "experiment" not in cfg  # a preset sets keys, it adds none
 
 
-def test_vanishing_gradients_holds_the_seeds_five_runs():
+def test_vanishing_gradients_holds_the_deep_mlp_notebooks_five_runs():
     jobs = grid("vanishing_gradients")
     configs = {(j[0], j[1]) for j in jobs}
     for widths in ("[4]", "[6,6]", "[8,8,8,8]", "[8,8,8,8,8,8,8,8]"):
         assert (f"model.widths={widths}", "act=relu") in configs
     assert ("model.widths=[8,8,8,8,8,8,8,8]", "act=sigmoid") in configs
-    cfg = deeprun.compose(["experiment=vanishing_gradients", "model.widths=[8,8,8,8,8,8,8,8]", "act=sigmoid"])
+    cfg = preset(["experiment=vanishing_gradients", "model.widths=[8,8,8,8,8,8,8,8]", "act=sigmoid"])
     assert (cfg.init.name, cfg.init.a, cfg.optimizer.name, cfg.lr, cfg.epochs) == ("uniform", 0.5, "sgd", 0.01, 1000)
     assert cfg.batch_size is None and cfg.data.val_fraction == 0 and cfg.data.name == "regression"
 
@@ -93,18 +105,18 @@ def test_criticality_grid_is_sigma_w2_across_the_edge_by_depth():
     assert meanfield.analyse("tanh", max(sigmas), 0.05)["trainable_depth"] < max(depths)
     assert any(abs(s - critical) < 0.01 for s in sigmas)
     keys = set()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        for job in jobs:
-            cfg = compose("config", overrides=["experiment=criticality", *job])
-            assert (cfg.act.name, cfg.init.name, cfg.init.sigma_b2, cfg.model.name, cfg.norm.name, cfg.dropout) == \
-                ("tanh", "mean_field", 0.05, "mlp", "none", 0.0)
-            assert cfg.data.name == "digits" and cfg.optimizer.name == "sgd"
-            keys.add(group_key(cfg))
+    configs = composed("criticality")  # every job: the grid has no seed axis
+    assert len(configs) == len(jobs)
+    for cfg in configs.values():
+        assert (cfg.act.name, cfg.init.name, cfg.init.sigma_b2, cfg.model.name, cfg.norm.name, cfg.dropout) == \
+            ("tanh", "mean_field", 0.05, "mlp", "none", 0.0)
+        assert cfg.data.name == "digits" and cfg.optimizer.name == "sgd"
+        keys.add(group_key(cfg))
     assert len(keys) == len(depths)
 
 
-def test_uniform_init_draws_the_seeds_weights_and_zero_biases(one_thread):
-    cfg = deeprun.compose(["experiment=vanishing_gradients", "model.widths=[8,8,8,8,8,8,8,8]", "act=sigmoid"])
+def test_uniform_init_draws_the_deep_mlp_notebooks_weights_and_zero_biases(one_thread):
+    cfg = preset(["experiment=vanishing_gradients", "model.widths=[8,8,8,8,8,8,8,8]", "act=sigmoid"])
     model = deeprun.build_model(cfg, deeprun.build_data(cfg))
     linears = [m for m in model.modules() if hasattr(m, "weight") and m.weight.dim() == 2]
     assert [tuple(m.weight.shape) for m in linears] == [(8, 3)] + [(8, 8)] * 7 + [(1, 8)]
@@ -114,21 +126,21 @@ def test_uniform_init_draws_the_seeds_weights_and_zero_biases(one_thread):
 
 
 def test_arm_options_set_what_their_names_say():
-    cfg = deeprun.compose(["experiment=init_comparison", "experiment/init_comparison=xavier_gain1"])
+    cfg = preset(["experiment=init_comparison", "experiment/init_comparison=xavier_gain1"])
     assert cfg.init.name == "normal" and math.isclose(cfg.init.std, math.sqrt(2 / (4 + 8)), rel_tol=1e-5)
-    assert deeprun.compose(["experiment=init_comparison", "experiment/init_comparison=large_sigma"]).init.std == 1.0
-    after = deeprun.compose(["experiment=bn_placement", "experiment/bn_placement=bn_after"]).norm
+    assert preset(["experiment=init_comparison", "experiment/init_comparison=large_sigma"]).init.std == 1.0
+    after = preset(["experiment=bn_placement", "experiment/bn_placement=bn_after"]).norm
     assert (after.name, after.position) == ("batch", "post")
-    sgd = deeprun.compose(["experiment=width_vs_depth", "experiment/width_vs_depth=sgd"])
+    sgd = preset(["experiment=width_vs_depth", "experiment/width_vs_depth=sgd"])
     assert (sgd.optimizer.name, sgd.lr, sgd.batch_size, sgd.data.name) == ("sgd", 0.025, 1, "diag_flip")
-    adam = deeprun.compose(["experiment=width_vs_depth", "experiment/width_vs_depth=adam"])
+    adam = preset(["experiment=width_vs_depth", "experiment/width_vs_depth=adam"])
     assert (adam.optimizer.name, adam.lr, adam.batch_size) == ("adam", 0.01, None)
     # without -m a preset is one job of its grid: the one set outside hydra.sweeper.params
-    single = deeprun.compose(["experiment=vanishing_gradients"])
+    single = preset(["experiment=vanishing_gradients"])
     assert (list(single.model.widths), single.act.name) == ([8] * 8, "sigmoid")
-    single = deeprun.compose(["experiment=bn_placement"])
+    single = preset(["experiment=bn_placement"])
     assert (single.act.name, single.norm.name, single.norm.position, single.depth) == ("tanh", "batch", "post", 50)
-    rezero = deeprun.compose(["experiment=very_deep"])  # the default arm
+    rezero = preset(["experiment=very_deep"])  # the default arm
     assert (rezero.model.name, rezero.model.residual_scale, rezero.norm.name, rezero.depth) == \
         ("resnet", "rezero", "none", 1000)
 
@@ -150,8 +162,6 @@ SWEEPS = {  # name -> the command line after `deeprun -m`
     "criticality": ["experiment=criticality", "depth=40", "width=64", "lr=0.01", "epochs=8",
                     "init.sigma_w2=0.5,1.76,6.0"],
 }
-_pool = ThreadPoolExecutor(2)
-_futures: dict[str, Future] = {}
 
 
 def _run(name: str, d: Path) -> pd.DataFrame:
@@ -162,32 +172,9 @@ def _run(name: str, d: Path) -> pd.DataFrame:
     return results
 
 
-def _start(request: pytest.FixtureRequest, tmp_path_factory) -> None:
-    """Start every shrunk sweep that a collected test asks for, two at a time, at the first request."""
-    if _futures:
-        return
-    wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    for name in SWEEPS:
-        if f"{name}_results" in wanted:
-            _futures[name] = _pool.submit(_run, name, tmp_path_factory.mktemp(name))
-
-
-def _fixture(name: str):
-    @pytest.fixture(scope="module", name=f"{name}_results")
-    def fixture(request, tmp_path_factory) -> pd.DataFrame:
-        _start(request, tmp_path_factory)
-        return _futures[name].result()
-    return fixture
-
-
-for _name in SWEEPS:
-    globals()[f"{_name}_results"] = _fixture(_name)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_early(request, tmp_path_factory):
-    """The sweeps run while the compose tests do."""
-    _start(request, tmp_path_factory)
+for _name in SWEEPS:  # a background fixture per preset, {name}_results: the shrunk sweep's results.csv
+    globals()[f"{_name}_results"] = background(lambda d, _name=_name: _run(_name, d), name=f"{_name}_results",
+                                               result=True)
 
 
 def by(results: pd.DataFrame, column: str, value) -> pd.DataFrame:
@@ -195,7 +182,7 @@ def by(results: pd.DataFrame, column: str, value) -> pd.DataFrame:
 
 
 def test_vanishing_gradients_deep_sigmoid_first_layer_gets_no_gradient(vanishing_gradients_results):
-    """Seed 001: model D with sigmoid: ~6e-6 at the first layer, orders of magnitude below D with ReLU,
+    """The deep-MLP notebook: model D with sigmoid: ~6e-6 at the first layer, orders of magnitude below D with ReLU,
     and 4 to 5 decades below its own last hidden layer; on every seed."""
     results = vanishing_gradients_results
     sigmoid, relu = by(results, "act", "sigmoid"), by(results, "act", "relu")
@@ -206,17 +193,18 @@ def test_vanishing_gradients_deep_sigmoid_first_layer_gets_no_gradient(vanishing
 
 
 def test_width_vs_depth_width_16_ends_far_below_width_2(width_vs_depth_results):
-    """Seed 004: 4->16->4 learns the diagonal flip, 4->2->4 cannot (too few ReLU regions); every seed."""
+    """The diagonal flip: 4->16->4 learns it, 4->2->4 cannot (too few ReLU regions); every seed."""
     results = width_vs_depth_results
     narrow, wide = by(results, "model.widths", "[2]"), by(results, "model.widths", "[16]")
     assert list(narrow.index) == list(wide.index) == [0, 1, 2]
     assert (wide.final_train_loss < narrow.final_train_loss / 3).all(), \
         results[["model.widths", "seed", "final_train_loss"]]
-    assert (narrow.final_train_loss > 0.1).all()  # width 2 plateaus (the seed: 0.065 of 0.5*MSE, MSE 0.13)
+    assert (narrow.final_train_loss > 0.1).all()  # width 2 plateaus (the notebook: 0.065 of 0.5*MSE, MSE 0.13)
 
 
 def test_init_comparison_large_sigma_starts_worst_small_sigma_ends_worst(init_comparison_results):
-    """Seed 004's init table: N(0, 1) starts far above the others (loss@1), N(0, 0.01^2) ends above He."""
+    """The init comparison on the diagonal flip: N(0, 1) starts far above the others (loss@1), N(0, 0.01^2)
+    ends above He."""
     results = init_comparison_results
     small, large = by(results, "init.std", 0.01), by(results, "init.std", 1.0)
     he = by(results, "init", "kaiming_normal")
@@ -228,7 +216,8 @@ def test_init_comparison_large_sigma_starts_worst_small_sigma_ends_worst(init_co
 
 
 def test_bn_placement_bn_before_tanh_trains_bn_after_does_not(bn_placement_results):
-    """Seed 000: a deep tanh MLP with BatchNorm after the activation stays at chance; before it, it learns."""
+    """The residual-network notebook: a deep tanh MLP with BatchNorm after the activation stays at chance;
+    before it, it learns."""
     results = bn_placement_results
     after, before = by(results, "norm_position", "post"), by(results, "norm_position", "pre")
     assert list(after.index) == list(before.index) == [0, 1, 2]
@@ -239,7 +228,7 @@ def test_bn_placement_bn_before_tanh_trains_bn_after_does_not(bn_placement_resul
 
 
 def test_plain_vs_residual_deep_plain_mlp_stalls_residual_trains(plain_vs_residual_results):
-    """Seeds 000/003: at depth 50 the plain MLP (same BN, act and init) stays at chance with exploding
+    """The deep-MLP and residual-network notebooks: at depth 50 the plain MLP (same BN, act and init) stays at chance with exploding
     first-layer gradients; the residual MLP's training loss falls."""
     results = plain_vs_residual_results
     plain, residual = by(results, "model", "mlp"), by(results, "model", "resnet")
@@ -261,7 +250,7 @@ def test_very_deep_rezero_trains_at_depth_1000_where_the_plain_mlp_cannot(very_d
 
 
 def test_cnn_vs_resnet_cnn_deep_conv_resnet_trains_far_better(cnn_vs_resnet_cnn_results):
-    """Seeds 002/003: at 24 conv layers the plain CNN's training loss stays high (chance: ln 8 = 2.08); the
+    """The CNN and residual-network notebooks: at 24 conv layers the plain CNN's training loss stays high (chance: ln 8 = 2.08); the
     conv ResNet of 24 blocks gets it far lower in the same epochs; every seed."""
     results = cnn_vs_resnet_cnn_results
     plain, residual = by(results, "model", "cnn"), by(results, "model", "resnet_cnn")

@@ -9,68 +9,54 @@ test_sweep.py.)
 
 from __future__ import annotations
 
+import errno
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import TINY, run_cli, run_dirs
+from conftest import TINY, run_dirs
 
 SMALL = [*TINY, "epochs=2", "data.n=32"]
 
-# Runs deeprun's CLI with DataFrame.to_csv failing on epochs.csv after writing part of it,
-# as a full disk does: the partial temporary file must vanish and the summary must say so.
-DISK_FULL = """
-import errno, sys
-import pandas as pd
 
-real = pd.DataFrame.to_csv
+@pytest.fixture
+def full_disk(monkeypatch):
+    """DataFrame.to_csv fails on epochs.csv after writing part of it, as a full disk does: the partial
+    temporary file must vanish and the summary must say so."""
+    real = pd.DataFrame.to_csv
 
-def to_csv(self, f=None, *args, **kwargs):
-    if list(self.columns[:2]) == ["epoch", "train_loss"]:  # epochs.csv
-        f.write("epoch,train_lo")
-        raise OSError(errno.ENOSPC, "No space left on device")
-    return real(self, f, *args, **kwargs)
-
-pd.DataFrame.to_csv = to_csv
-sys.argv = ["deeprun", *sys.argv[1:]]
-from deeprun.cli import main
-main()
-"""
+    def to_csv(self, f=None, *args, **kwargs):
+        if list(self.columns[:2]) == ["epoch", "train_loss"]:  # epochs.csv
+            f.write("epoch,train_lo")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, f, *args, **kwargs)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
 
 
-def run_with_full_disk(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-c", DISK_FULL, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=180, env=env)
-
-
-def one_line(p: subprocess.CompletedProcess) -> str:
-    lines = p.stderr.strip().splitlines()
-    assert "Traceback" not in p.stdout + p.stderr, p.stderr
+def one_line(err: str, out: str = "") -> str:
+    lines = err.strip().splitlines()
+    assert "Traceback" not in out + err, err
     return lines[-1] if lines else ""
 
 
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
-def test_an_output_path_under_a_file_is_one_line_and_exit_2(tmp_path, multirun):
+def test_an_output_path_under_a_file_is_one_line_and_exit_2(tmp_path, main, multirun):
     (tmp_path / "notes.txt").write_text("a file, not a folder\n")
     where = tmp_path / "notes.txt" / "runs"
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    p = run_cli(*(["-m", "seed=0,1"] if multirun else []), *SMALL, f"{key}={where}", cwd=tmp_path)
-    assert p.returncode == 2, p.stderr
-    assert one_line(p) == f"deeprun: error: cannot write {where}: Not a directory"
+    p = main(*(["-m", "seed=0,1"] if multirun else []), *SMALL, f"{key}={where}")
+    assert p.code == 2, p.err
+    assert one_line(p.err, p.out) == f"deeprun: error: cannot write {where}: Not a directory"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["notes.txt"]  # nothing made elsewhere
 
 
-def test_a_full_disk_during_a_run_leaves_no_partial_file_and_a_failed_summary(tmp_path):
-    p = run_with_full_disk(*SMALL, "hydra.run.dir=run", cwd=tmp_path)
-    assert p.returncode == 1, p.stderr
-    assert one_line(p).startswith("deeprun: error: cannot write") and one_line(p).endswith("No space left on device")
+def test_a_full_disk_during_a_run_leaves_no_partial_file_and_a_failed_summary(tmp_path, main, full_disk):
+    p = main(*SMALL, "hydra.run.dir=run")
+    assert p.code == 1, p.err
+    assert one_line(p.err, p.out).startswith("deeprun: error: cannot write")
+    assert one_line(p.err).endswith("No space left on device")
     run = tmp_path / "run"
     assert not (run / "epochs.csv").exists()
     assert not [f.name for f in run.iterdir() if f.name.endswith(".tmp")]
@@ -79,10 +65,10 @@ def test_a_full_disk_during_a_run_leaves_no_partial_file_and_a_failed_summary(tm
     assert summary["error"] == "records not written: [Errno 28] No space left on device"
 
 
-def test_a_full_disk_in_a_sweep_fails_each_job_and_the_sweep_still_ends_in_its_table(tmp_path):
-    p = run_with_full_disk("-m", *SMALL, "seed=0,1", "hydra.sweep.dir=S", cwd=tmp_path)
-    assert "Traceback" not in p.stderr, p.stderr
-    assert p.returncode == 1, p.stderr
+def test_a_full_disk_in_a_sweep_fails_each_job_and_the_sweep_still_ends_in_its_table(tmp_path, main, full_disk):
+    p = main("-m", *SMALL, "seed=0,1", "hydra.sweep.dir=S")
+    assert "Traceback" not in p.err, p.err
+    assert p.code == 1, p.err
     dirs = run_dirs(tmp_path / "S")
     assert len(dirs) == 2
     for d in dirs:
@@ -113,27 +99,31 @@ class Flaky(nn.Module):
 '''
 
 
-def test_a_user_model_raising_mid_sweep_fails_its_job_only(tmp_path):
-    (tmp_path / "flaky.py").write_text(FLAKY)
-    p = run_cli("-m", *SMALL, "epochs=4", "model=custom", "model._target_=flaky.Flaky", "width=8,13,16",
-                "hydra.sweep.dir=S", cwd=tmp_path, env={"COLUMNS": "300"})
-    assert "Traceback" not in p.stderr, p.stderr
-    assert p.returncode == 1, p.stderr  # the sweep ran to its end, and says a job failed
-    assert "deeprun: job 1 failed: RuntimeError: boom in Flaky.forward" in p.stderr
+def test_a_user_model_raising_mid_sweep_fails_its_job_only(tmp_path, main, monkeypatch):
+    (tmp_path / "flaky_model.py").write_text(FLAKY)
+    monkeypatch.setenv("COLUMNS", "300")
+    try:
+        p = main("-m", *SMALL, "epochs=4", "model=custom", "model._target_=flaky_model.Flaky", "width=8,13,16",
+                 "hydra.sweep.dir=S")
+    finally:
+        sys.modules.pop("flaky_model", None)  # the user's module goes with its directory
+    assert "Traceback" not in p.err, p.err
+    assert p.code == 1, p.err  # the sweep ran to its end, and says a job failed
+    assert "deeprun: job 1 failed: RuntimeError: boom in Flaky.forward" in p.err
     results = pd.read_csv(tmp_path / "S" / "results.csv").sort_values("width")
     assert list(results.status) == ["completed", "failed", "completed"]
     assert results.error.iloc[1] == "RuntimeError: boom in Flaky.forward"
-    assert "boom in Flaky.forward" in p.stdout  # the printed table shows the error
+    assert "boom in Flaky.forward" in p.out  # the printed table shows the error
     failed = next(d for d in run_dirs(tmp_path / "S") if json.loads((d / "summary.json").read_text())["width"] == 13)
     # forward calls: 1 the probes' trace, 2 and 3 epoch 0's (training batch, validation), 4 epoch 1's: raised
     epochs = pd.read_csv(failed / "epochs.csv")
     assert list(epochs.epoch) == [0]  # what it finished before the error, intact
 
 
-def test_a_config_error_leaves_no_folders_under_outputs(tmp_path):
+def test_a_config_error_leaves_no_folders_under_outputs(tmp_path, main):
     """Hydra makes outputs/runs/<day>/<time>/ before deeprun sees the config: a mistake removes them all."""
     (tmp_path / "outputs" / "keep").mkdir(parents=True)  # the user's own: untouched
-    p = run_cli("init=checkpoint", "init.path=nope.pt", cwd=tmp_path)
-    assert p.returncode == 2, p.stderr
-    assert one_line(p).startswith("deeprun: error: init.path='nope.pt': no such file")
+    p = main("init=checkpoint", "init.path=nope.pt")
+    assert p.code == 2, p.err
+    assert one_line(p.err, p.out).startswith("deeprun: error: init.path='nope.pt': no such file")
     assert sorted(str(x.relative_to(tmp_path)) for x in tmp_path.rglob("*")) == ["outputs", "outputs/keep"]

@@ -6,8 +6,10 @@ options, unknown keys and huge values, on top of a small base run. The
 property: `deeprun` either trains (exit 0, a finished summary.json) or exits 2
 with exactly one line on stderr that names one of the keys it was given.
 `epochs` is drawn from small and invalid values only: a huge epoch count is a
-valid request for a long run. Runs are in-process (`deeprun.cli.main`) to keep
-300 examples within a minute or two.
+valid request for a long run. Runs are in-process (`deeprun.cli.main`, no torch start-up per
+example); the 300 examples take a minute or two, so they run in a fresh interpreter of their own, a
+background job (conftest.background) on a spare core while the other tests run here, and the test
+reads its verdict: Hypothesis's falsifying example and the failed assertion, if any.
 """
 
 from __future__ import annotations
@@ -20,12 +22,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from conftest import ROOT
-
-from deeprun.cli import main
+from conftest import ROOT, background, output, run_python
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml"))
           for g in sorted((ROOT / "conf").iterdir()) if g.is_dir() and g.name not in ("hydra", "experiment", "logger")}
@@ -68,19 +66,22 @@ def fmt(value) -> str:
     return str(value) if not isinstance(value, float) else repr(value)
 
 
-def key_value() -> st.SearchStrategy[str]:
-    return st.sampled_from(sorted(VALUES)).flatmap(
+def override_lists():
+    """1 to 4 overrides: a group option (real or not), a key's value (valid, wrong type, huge), an unknown key.
+    (Hypothesis loads here, in the fuzz's own interpreter: the test session does not pay for it.)"""
+    from hypothesis import strategies as st
+
+    key_value = st.sampled_from(sorted(VALUES)).flatmap(
         lambda key: st.sampled_from(VALUES[key] + ([] if key == "epochs" else HUGE) + WRONG).map(
             lambda value: f"{key}={fmt(value)}"))
-
-
-overrides = st.lists(
-    st.one_of(
-        st.sampled_from(sorted(GROUPS)).flatmap(lambda g: st.sampled_from(GROUPS[g] + BAD_NAMES).map(lambda o: f"{g}={o}")),
-        key_value(),
-        st.sampled_from(UNKNOWN),
-    ),
-    min_size=1, max_size=4)
+    return st.lists(
+        st.one_of(
+            st.sampled_from(sorted(GROUPS)).flatmap(lambda g: st.sampled_from(GROUPS[g] + BAD_NAMES).map(
+                lambda o: f"{g}={o}")),
+            key_value,
+            st.sampled_from(UNKNOWN),
+        ),
+        min_size=1, max_size=4)
 
 
 def named_keys(args: list[str]) -> set[str]:
@@ -92,19 +93,10 @@ def named_keys(args: list[str]) -> set[str]:
     return keys
 
 
-counter = itertools.count()
+def check(args: list[str], run_dir: Path) -> None:
+    """`deeprun BASE ARGS` in this process: it trains, or it exits 2 with one line naming a key it was given."""
+    from deeprun.cli import main
 
-
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("fuzz")
-
-
-@settings(max_examples=300, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(args=overrides)
-def test_every_override_list_trains_or_exits_2_with_one_line_naming_a_key(args, runs_dir):
-    run_dir = runs_dir / str(next(counter))
     err = io.StringIO()
     sys.argv = ["deeprun", *BASE, *args, f"hydra.run.dir={run_dir}"]
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -122,3 +114,32 @@ def test_every_override_list_trains_or_exits_2_with_one_line_naming_a_key(args, 
     assert len(lines) == 1 and lines[0].startswith("deeprun: error: "), (args, lines)
     assert any(k in lines[0] for k in named_keys(args)), (args, lines[0])
     assert not (run_dir / "summary.json").exists(), (args, "a config error left a record")
+
+
+def fuzz(runs_dir: Path) -> None:
+    """300 override lists drawn by Hypothesis, each checked; raises on the first that fails, shrunk."""
+    from hypothesis import HealthCheck, given, settings
+
+    counter = itertools.count()
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(args=override_lists())
+    def every_override_list(args):
+        check(args, runs_dir / str(next(counter)))
+    every_override_list()
+
+
+@background(priority=10)  # the longest job: first
+def fuzz_run(d: Path):
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); sys.argv = ['deeprun']\n"
+            "import test_fuzz\n"
+            f"test_fuzz.fuzz(__import__('pathlib').Path({str(d)!r}))\n"
+            "print('300 examples: every one trained or exited 2 with one line naming a key')")
+    return run_python(code, cwd=d, timeout=900)
+
+
+@pytest.mark.slow  # 300 runs of the CLI, two Hydra compositions each: a minute or two, beside the other tests
+def test_every_override_list_trains_or_exits_2_with_one_line_naming_a_key(fuzz_run):
+    p = fuzz_run.result
+    assert p.returncode == 0 and "300 examples" in p.stdout, output(p)

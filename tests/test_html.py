@@ -10,17 +10,15 @@ import gzip
 import io
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import background, run_cli, run_python, together
 
 from deeprun import report
 
@@ -115,6 +113,7 @@ def page_data(text: str) -> dict:
     return json.loads(gzip.decompress(base64.b64decode(packed.group(1))))
 
 
+@pytest.mark.slow
 def test_a_300_run_sweep_fits_in_3_mb_and_needs_no_network(big, tmp_path, capsys):
     out = tmp_path / "report.html"
     report.main([str(big), "--html", str(out)])
@@ -143,6 +142,7 @@ def test_a_300_run_sweep_fits_in_3_mb_and_needs_no_network(big, tmp_path, capsys
     assert not any(k.startswith("pivot_") for k in specs)  # four swept keys besides the seed: no default pivot
 
 
+@pytest.mark.slow
 def test_default_pivot_is_the_two_swept_keys_against_the_objective(big, tmp_path, capsys):
     out = tmp_path / "r.html"
     report.main([str(big), "--filter", "lr=0.01", "--html", str(out)])
@@ -153,36 +153,46 @@ def test_default_pivot_is_the_two_swept_keys_against_the_objective(big, tmp_path
     assert "the 75 of 300 that match lr=0.01" in text
 
 
-def test_without_the_extra_html_is_one_line_and_status_2(big, monkeypatch, capsys, tmp_path):
+def test_without_the_extra_html_is_one_line_and_status_2(monkeypatch, capsys, tmp_path):
+    rng = np.random.default_rng(3)
+    for seed in (0, 1):  # a small sweep of the same records (the 300-run one is the slow tests')
+        write_synthetic_run(tmp_path / "sweep" / f"relu-{seed}", rng, 4, "relu", 0.01, seed, 30, 5)
     monkeypatch.setitem(sys.modules, "altair", None)  # import altair now raises ImportError
     with pytest.raises(SystemExit) as exit_info:
-        report.main([str(big), "--html", str(tmp_path / "r.html")])
+        report.main([str(tmp_path / "sweep"), "--html", str(tmp_path / "r.html")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
     assert err.startswith("deeprun-report: error: --html needs altair") and "pip install 'deeprun[html]'" in err
     assert not (tmp_path / "r.html").exists()
 
 
-def test_python_api_results_and_report(tmp_path):
-    """deeprun.results and deeprun.report in a fresh interpreter: the table, the page and the PNGs; no torch."""
+@background
+def python_api(d: Path):
+    """deeprun.results and deeprun.report in a fresh interpreter, on four synthetic runs."""
     rng = np.random.default_rng(1)
     for act in ("relu", "tanh"):
         for seed in (0, 1):
-            write_synthetic_run(tmp_path / "sweep" / f"{act}-{seed}", rng, 4, act, 0.01, seed, 30, 5)
-    code = (f"import sys, deeprun; t = deeprun.results({str(tmp_path / 'sweep')!r}); "
-            f"f = deeprun.report({str(tmp_path / 'sweep')!r}, filters=['act=tanh'], html={str(tmp_path / 'a.html')!r}, "
-            f"pivot=('act', 'seed', 'final_train_loss'), plot={str(tmp_path / 'png')!r}); "
+            write_synthetic_run(d / "sweep" / f"{act}-{seed}", rng, 4, act, 0.01, seed, 30, 5)
+    code = (f"import sys, deeprun; t = deeprun.results({str(d / 'sweep')!r}); "
+            f"f = deeprun.report({str(d / 'sweep')!r}, filters=['act=tanh'], html={str(d / 'a.html')!r}, "
+            f"pivot=('act', 'seed', 'final_train_loss'), plot={str(d / 'png')!r}); "
             "print(len(t), len(f), type(t).__name__, callable(deeprun.report), 'torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    return run_python(code, timeout=120)
+
+
+def test_python_api_results_and_report(python_api):
+    """deeprun.results and deeprun.report in a fresh interpreter: the table, the page and the PNGs; no torch."""
+    d, done = python_api.dir, python_api.result
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "4 2 DataFrame True False"
-    assert "seed=0" in (tmp_path / "a.html").read_text(encoding="utf-8")
-    names = {p.name for p in (tmp_path / "png").iterdir()}
+    assert "seed=0" in (d / "a.html").read_text(encoding="utf-8")
+    names = {p.name for p in (d / "png").iterdir()}
     # two runs: a few, so each gets its layer x epoch heatmaps
     assert names == {"loss.png", "grad_norm.png", "pivot_final_train_loss_by_act_and_seed.png",
                      "layers_tanh-0.png", "layers_tanh-1.png"}
 
 
+@pytest.mark.slow  # the first page built: altair and vl-convert load
 def test_page_escapes_what_the_records_say(tmp_path):
     """A run directory or a value with markup in it is text on the page, never markup."""
     rng = np.random.default_rng(2)
@@ -209,8 +219,7 @@ def real(tmp_path_factory) -> dict:
         ("deeprun-diagnose", ["-m", "depth=2,6", "act=relu,tanh", "width=16", "diagnose.draws=2",
                               "hydra.sweep.dir=diagnosis"]),
     ]
-    with ThreadPoolExecutor(len(commands)) as pool:
-        done = list(pool.map(lambda c: run_cli(*c[1], cwd=root, env=env, program=c[0]), commands))
+    done = together(*(lambda c=c: run_cli(*c[1], cwd=root, env=env, program=c[0]) for c in commands))
     for p in done:
         assert p.returncode == 0, p.stderr
     page = root / "report.html"
@@ -220,6 +229,8 @@ def real(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.subprocess  # the console scripts make the sweeps; Chromium and its driver
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent: apt-get install chromium chromium-driver")
 def test_the_page_of_a_small_sweep_in_chromium(real, tmp_path):
     from selenium import webdriver

@@ -29,7 +29,7 @@ from deeprun import config, data as data_module, models
 from deeprun.config import ConfigError
 from deeprun.probes import LAYER_COLUMNS, Probes
 
-from conftest import run_dirs
+from conftest import compose, run_dirs
 
 SMALL = ["device=cpu", "epochs=2", "log.progress=false"]
 IMAGES = ["data=images", "data.n=64"]
@@ -37,7 +37,7 @@ IMAGES = ["data=images", "data.n=64"]
 
 @functools.lru_cache(maxsize=None)
 def _composed(overrides: tuple[str, ...]):
-    return deeprun.compose(list(overrides))
+    return compose(list(overrides))
 
 
 def images_cfg(*overrides: str):
@@ -47,8 +47,8 @@ def images_cfg(*overrides: str):
 
 def digits_cfg(path, *overrides: str):
     """data=csv on the digits file at `path`, its rows as 1x8x8 images."""
-    return deeprun.compose([*SMALL, "data=csv", f"data.path={path}", "data.target=digit", "data.image_shape=[1,8,8]",
-                            *overrides])
+    return compose([*SMALL, "data=csv", f"data.path={path}", "data.target=digit", "data.image_shape=[1,8,8]",
+                    *overrides])
 
 
 def built(*overrides: str):
@@ -220,7 +220,7 @@ class OldResidualMLP(nn.Module):
 @pytest.mark.parametrize("overrides", [[], ["norm=none", "act=tanh"], ["dropout=0.2", "norm=layer"],
                                        ["init=torch_default"], ["norm.position=post", "init=torch_default"]])
 def test_residual_scale_1_keeps_the_resnet_bit_identical(overrides):
-    cfg = deeprun.compose(["model=resnet", "depth=4", "width=8", "data.n=32", "device=cpu", *overrides])
+    cfg = compose(["model=resnet", "depth=4", "width=8", "data.n=32", "device=cpu", *overrides])
     assert cfg.model.residual_scale == "1"  # the default
     data = deeprun.build_data(cfg)
     new = deeprun.build_model(cfg, data)
@@ -457,12 +457,12 @@ def test_probes_on_a_plain_cnn_count_channel_maps():
     assert rows[0]["act_mean"] == pytest.approx(a.mean().item(), rel=1e-5)
 
 
-def test_cli_cnn_on_images_writes_per_layer_rows_for_conv_kernels(cli, tmp_path):
+def test_cli_cnn_on_images_writes_per_layer_rows_for_conv_kernels(main, tmp_path, one_thread):
     args = ["model=cnn", "data=images", "depth=4", "width=8", "epochs=2", "data.n=100", "device=cpu",
             "log.progress=false"]
-    p = cli(*args)
-    assert p.returncode == 0, p.stderr
-    (run,) = run_dirs(tmp_path / "outputs")  # cli runs deeprun in tmp_path
+    p = main(*args)
+    assert p.code == 0, p.err
+    (run,) = run_dirs(tmp_path / "outputs")  # main runs deeprun in tmp_path
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["status"], summary["model"], summary["data"], summary["depth"]) == ("completed", "cnn", "images", 4)
     layers = pd.read_csv(run / "layers.csv")
@@ -471,7 +471,7 @@ def test_cli_cnn_on_images_writes_per_layer_rows_for_conv_kernels(cli, tmp_path)
     assert all(list(layers.name[layers.epoch == e]) == names for e in (0, 1, 2))
     # epoch 0 against an oracle: the same model at init (seeded), the full batch's kernel gradients in train
     # mode, and the activations on the validation set in eval mode
-    cfg = deeprun.compose(args)
+    cfg = compose(args)
     data = deeprun.build_data(cfg)
     model = deeprun.build_model(cfg, data)
     acts = []

@@ -2,7 +2,7 @@
 and the memoising config loader, whose configs must be Hydra's own.
 
 Most sweeps run in this process (`cli.main` with sys.argv set: no torch start-up per sweep); the
-signals need a `deeprun` subprocess.
+signals need a `deeprun` process (background jobs: conftest.background), and so does submitit.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,7 +29,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf, open_dict
 
-from conftest import DEEPRUN, run_dirs, run_main
+from conftest import background, fast_first, run_dirs, run_main, start_cli
+import deeprun
 from deeprun import api, cli, launcher, sweep
 from deeprun.config import conf_dir
 from deeprun.records import config_key
@@ -85,6 +85,7 @@ def summaries(directory: Path) -> list[dict]:
 # --- the default, and the other launchers ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_minus_m_batches_by_default_and_basic_still_runs_one_job_at_a_time(main, groups, monkeypatch, tmp_path):
     calls: list[int] = []
     real = cli._sweep_job
@@ -112,6 +113,7 @@ def test_minus_m_batches_by_default_and_basic_still_runs_one_job_at_a_time(main,
         pd.read_csv(tmp_path / "A" / "results.csv").overrides.tolist()
 
 
+@pytest.mark.slow
 def test_a_grid_with_a_failing_a_diverging_and_unstackable_jobs(main, groups, tmp_path):
     """lr is a member key: the three scheduler=none jobs train as one stack, lr=-1 failing alone in it;
     scheduler=plateau cannot be stacked: each of those jobs is a group of one."""
@@ -144,6 +146,7 @@ def test_strict_stops_at_the_first_failure_and_no_later_job_starts(main, groups,
     assert not list((tmp_path / "S").glob("2_*"))  # never started: not even its directory
 
 
+@pytest.mark.slow
 def test_group_size_splits_a_group_and_a_bad_launcher_key_is_one_line(main, groups, monkeypatch, tmp_path):
     p = main("-m", *TINY, "seed=0,1,2", "hydra.launcher.group_size=2", "hydra.sweep.dir=S")
     assert p.code == 0, p.err
@@ -192,6 +195,7 @@ def test_user_callbacks_get_each_jobs_start_and_end(main):
     assert all(isinstance(c[2], float) and c[2] < 1e9 for c in JobProbe.calls[2:])  # the objective
 
 
+@pytest.mark.slow
 def test_optuna_gets_one_objective_per_trial(main, tmp_path):
     p = main("-m", *TINY, "hparams_search=lr_width", "hydra.sweeper.n_trials=2", "hydra.sweep.dir=S")
     assert p.code == 0, p.err
@@ -226,7 +230,8 @@ def hydra_sweep(args: list[str]):
         yield master, gh.config_loader(), jobs
 
 
-@pytest.mark.parametrize("args, compositions", SWEEPS, ids=["groups", "nested", "plus", "hydra", "order", "subdir"])
+@pytest.mark.parametrize("args, compositions", fast_first(SWEEPS, keep=SWEEPS[4:5], multi=True),
+                         ids=["groups", "nested", "plus", "hydra", "order", "subdir"])
 def test_fast_configs_are_hydras_own(args, compositions):
     with hydra_sweep(args) as (master, loader, jobs):
         fast = launcher.FastConfigLoader(loader)
@@ -241,6 +246,39 @@ def test_fast_configs_are_hydras_own(args, compositions):
             assert OmegaConf.to_container(task) == OmegaConf.to_container(expected_task)
             assert OmegaConf.get_type(task) is OmegaConf.get_type(expected_task) and OmegaConf.is_struct(task)
         assert fast.compositions == compositions
+
+
+# the tests' own compose (conftest.compose, behind tiny()): a template per list of group choices
+TEST_COMPOSE = fast_first([
+    ["model=resnet", "depth=4", "norm=layer", "model.residual_scale=rezero"], ["seed=1", "++seed=5"], ["lr=0"],
+    ["experiment=init_comparison", "experiment/init_comparison=xavier_gain1", "epochs=3"],
+    [], ["depth=2", "depth=3"], ["data=csv", "data.path=conftest.py", "data.target=x", "data.features=[a,b]"],
+    ["model.widths=[8,4]", "act=tanh", "act.name=tanh"], ["data=images", "model=cnn", "depth=2", "data.n=32"],
+    ["init=uniform", "init.a=0.5", "optimizer=sgd", "optimizer.momentum=0.9", "seed=3"], ["logger=mlflow"],
+    ["act=leaky_relu", "act.negative_slope=0.2", "grad_clip=null", "batch_size=8", "log.loss_at=[1,2]"],
+    ["+deprh=3"], ["model=custom", "model._target_=x.Y", "+model.hidden=16"],
+    # mistakes: the same error, in the same words
+    ["depth=four"], ["deprh=3"], ["act=foo"], ["optimizer=adam", "optimizer.momentum=0.9"], ["data=csv"],
+], keep=3)
+
+
+@pytest.mark.parametrize("overrides", TEST_COMPOSE, ids=lambda o: " ".join(o) if isinstance(o, list) else None)
+def test_the_tests_compose_is_deeprun_compose(overrides, monkeypatch):
+    import conftest
+
+    monkeypatch.chdir(Path(conftest.__file__).parent)  # data.path=conftest.py: a file that exists
+
+    def composed(compose):
+        try:
+            return compose(overrides), None
+        except Exception as e:
+            return None, (type(e), str(e))
+    (mine, my_error), (theirs, their_error) = composed(conftest.compose), composed(deeprun.compose)
+    assert my_error == their_error
+    if theirs is not None:
+        assert OmegaConf.to_container(mine) == OmegaConf.to_container(theirs)
+        assert OmegaConf.get_type(mine) is OmegaConf.get_type(theirs) and OmegaConf.is_struct(mine)
+        assert mine is not conftest.compose(overrides)  # a copy of its own, free to change
 
 
 def test_a_job_directory_is_what_hydras_run_job_writes(tmp_path):
@@ -273,21 +311,44 @@ def test_a_job_directory_is_what_hydras_run_job_writes(tmp_path):
 # --- interruptions ------------------------------------------------------------------------------
 
 SLOW = ["seed=0,1", "depth=1,2", "width=4", "data.n=32", "log.every=500", "hydra.sweep.dir=S"]
+KILLED = [*SLOW, "epochs=3000"]
+INTERRUPTED = [*SLOW, "epochs=4000", "save.checkpoints=[init]"]
 
 
-def start(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **ENV}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([str(DEEPRUN), "-m", *args], cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(d: Path, *args: str):
+    return start_cli("-m", *args, cwd=d, env=ENV)
 
 
-def wait_for(condition, proc: subprocess.Popen, seconds: float = 90) -> None:
+def wait_for(condition, proc, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None and not condition():
         time.sleep(0.05)
     assert proc.poll() is None, f"the sweep ended before it was stopped: {proc.communicate()}"
     assert condition(), "the sweep never got there"
+
+
+@background
+def killed_batched_sweep(d: Path):
+    """`deeprun -m KILLED` SIGKILLed (its process group) once a group finished: the summaries' mtimes then."""
+    proc = start(d, *KILLED)
+    results = d / "S" / "results.csv"
+    wait_for(lambda: results.exists() and "completed" in results.read_text(), proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-way: the first group finished, the second running or not yet
+    proc.communicate()
+    return {r: (d / "S" / r / "summary.json").stat().st_mtime_ns for r, s in statuses(d / "S").items()
+            if s == "completed"}
+
+
+@background
+def interrupted_batched_sweep(d: Path):
+    """`deeprun -m INTERRUPTED` sent SIGINT while both members of its first group train: (exit status, out, err)."""
+    proc = start(d, *INTERRUPTED)
+    # init.pt comes once a member's model is built: from then on its group is in run_group's hands
+    wait_for(lambda: len(list((d / "S").glob("*/init.pt"))) == 2, proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
 
 
 def statuses(directory: Path) -> dict[str, str]:
@@ -309,48 +370,39 @@ def check_complete(directory: Path, jobs: int) -> None:
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_every_job_exactly_once(tmp_path, main):
-    args = [*SLOW, "epochs=3000"]
-    proc = start(tmp_path, *args)
-    results = tmp_path / "S" / "results.csv"
-    wait_for(lambda: results.exists() and "completed" in results.read_text(), proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # mid-way: the first group finished, the second running or not yet
-    proc.communicate()
-    done = {r: s for r, s in statuses(tmp_path / "S").items() if s == "completed"}
-    assert len(done) == 2, statuses(tmp_path / "S")
-    stamps = {r: (tmp_path / "S" / r / "summary.json").stat().st_mtime_ns for r in done}
-
-    again = main(*["-m", *args, "resume=true"])
+def test_killed_sweep_resumes_every_job_exactly_once(killed_batched_sweep, main, monkeypatch):
+    d = killed_batched_sweep.dir
+    stamps = killed_batched_sweep.result
+    assert len(stamps) == 2, statuses(d / "S")
+    monkeypatch.chdir(d)
+    again = main(*["-m", *KILLED, "resume=true"])
     assert again.code == 0, again.err
     assert again.err.count("skipped: finished before") == 2
-    check_complete(tmp_path / "S", 4)
-    assert {r: (tmp_path / "S" / r / "summary.json").stat().st_mtime_ns for r in done} == stamps  # not re-run
+    check_complete(d / "S", 4)
+    assert {r: (d / "S" / r / "summary.json").stat().st_mtime_ns for r in stamps} == stamps  # not re-run
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_interrupted_records_exit_130_and_resume_completes(tmp_path, main):
-    args = [*SLOW, "epochs=4000", "save.checkpoints=[init]"]
-    proc = start(tmp_path, *args)
-    # init.pt comes once a member's model is built: from then on its group is in run_group's hands
-    wait_for(lambda: len(list((tmp_path / "S").glob("*/init.pt"))) == 2, proc)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, f"{out}\n{err}"
+def test_ctrl_c_leaves_interrupted_records_exit_130_and_resume_completes(interrupted_batched_sweep, main, monkeypatch):
+    d = interrupted_batched_sweep.dir
+    code, out, err = interrupted_batched_sweep.result
+    assert code == 130, f"{out}\n{err}"
     assert "deeprun: interrupted; records marked 'interrupted'" in err and "Traceback" not in err
-    assert sorted(statuses(tmp_path / "S").values()) == ["interrupted", "interrupted"], statuses(tmp_path / "S")
-    assert len(pd.read_csv(tmp_path / "S" / "results.csv")) == 2  # the table as the sweep ended
+    assert sorted(statuses(d / "S").values()) == ["interrupted", "interrupted"], statuses(d / "S")
+    assert len(pd.read_csv(d / "S" / "results.csv")) == 2  # the table as the sweep ended
 
-    again = main(*["-m", *args, "resume=true"])
+    monkeypatch.chdir(d)
+    again = main(*["-m", *INTERRUPTED, "resume=true"])
     assert again.code == 0, again.err
     assert "skipped" not in again.err
-    check_complete(tmp_path / "S", 4)
+    check_complete(d / "S", 4)
 
 
 # --- submitit -------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess  # submitit starts a process per task
 def test_submitit_local_trains_each_group_as_one_task(main, tmp_path):
     p = main("-m", *TINY, "seed=0,1", "depth=1,2", "hydra.launcher.submitit=local", "hydra.sweep.dir=S")
     assert p.code == 0, p.err

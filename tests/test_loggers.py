@@ -12,7 +12,6 @@ MLflow's SQLite store takes seconds to create: the module shares one, an experim
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from tensorboard.plugins.hparams.api_pb2 import Status  # noqa: E402
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 
 import deeprun  # noqa: E402
-from conftest import run_cli, run_dirs, run_main, tiny  # noqa: E402
+from conftest import run_dirs, run_main, tiny  # noqa: E402
 from deeprun import api, loggers  # noqa: E402
 from deeprun.config import ConfigError  # noqa: E402
 from deeprun.records import LAYER_COLUMNS, config_key  # noqa: E402
@@ -222,6 +221,7 @@ def check_mlflow_run(client: MlflowClient, run, out: Path) -> None:
         assert (m.step, m.value) == (last, value), name
 
 
+@pytest.mark.slow  # the module's MLflow store takes seconds to create
 def test_mlflow_metrics_params_and_tags_are_the_records(tmp_path, store, mlflow_args, runs, monkeypatch):
     monkeypatch.chdir(tmp_path)
     api.run(tiny(*TINY, *mlflow_args, "epochs=5", "log.every=2"), out_dir="outputs/runs/one")
@@ -234,6 +234,7 @@ def test_mlflow_metrics_params_and_tags_are_the_records(tmp_path, store, mlflow_
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["epochs.csv", "layers.csv", "summary.json"]
 
 
+@pytest.mark.slow
 def test_a_batched_sweep_is_one_parent_with_a_child_per_job_found_again_by_its_tag(
         main, store, mlflow_args, runs, tmp_path, monkeypatch):
     code, err = main("-m", *TINY, "seed=0,1,2", "hydra.sweep.dir=S", *mlflow_args)
@@ -259,6 +260,7 @@ def test_a_batched_sweep_is_one_parent_with_a_child_per_job_found_again_by_its_t
         check_mlflow_run(client, child, jobs[child.info.run_name])
 
 
+@pytest.mark.slow
 def test_the_basic_launcher_runs_one_job_after_another_under_one_parent(main, mlflow_args, runs, tmp_path):
     code, err = main("-m", *TINY, "seed=0,1", "hydra.sweep.dir=A", "hydra/launcher=basic", *mlflow_args)
     assert code == 0, err
@@ -270,6 +272,7 @@ def test_the_basic_launcher_runs_one_job_after_another_under_one_parent(main, ml
     assert all(c.info.status == "FINISHED" for c in children)
 
 
+@pytest.mark.slow  # the module's MLflow store takes seconds to create
 def test_a_logger_failing_mid_run_is_one_warning_and_the_run_goes_on(tmp_path, mlflow_args, runs, monkeypatch, capsys):
     def fail(self, steps):
         raise RuntimeError("disk on fire\nsecond line")
@@ -283,6 +286,7 @@ def test_a_logger_failing_mid_run_is_one_warning_and_the_run_goes_on(tmp_path, m
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow  # the module's MLflow store takes seconds to create
 def test_a_ctrl_c_logs_the_unsynced_epochs_and_ends_the_run_killed(tmp_path, store, mlflow_args, runs, monkeypatch):
     from deeprun import train
 
@@ -362,14 +366,11 @@ def test_a_store_that_cannot_be_opened_fails_the_run_before_it_trains(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_cli_sweep_logs_to_the_default_store_beside_the_outputs(tmp_path):
-    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
-    with contextlib.ExitStack() as stack:
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
-            if var in os.environ:
-                stack.callback(os.environ.__setitem__, var, os.environ.pop(var))
-        p = run_cli("-m", *TINY, "seed=0,1", "logger=mlflow", cwd=tmp_path, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr
+def test_a_cli_sweep_logs_to_the_default_store_beside_the_outputs(tmp_path, main, monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):  # the defaults: outputs/mlflow.db, deeprun
+        monkeypatch.delenv(var, raising=False)
+    code, err = main("-m", *TINY, "seed=0,1", "logger=mlflow")
+    assert code == 0, err
     (sweep_dir,) = (tmp_path / "outputs" / "sweeps").iterdir()
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("deeprun")

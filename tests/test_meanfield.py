@@ -6,8 +6,6 @@ import ast
 import json
 import math
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 
 import deeprun.meanfield as mf
+from conftest import background, run_python
 from deeprun.meanfield import ACTIVATIONS, analyse, critical_sigma_w2
 
 LAM, ALPHA = mf.SELU_SCALE, mf.SELU_ALPHA
@@ -290,14 +289,25 @@ def test_analyse_is_fast(case):
     assert statistics.median(times) < 0.05  # target 10 ms; slack for a busy shared machine
 
 
-def test_module_imports_only_numpy_and_fast():
+def test_module_imports_only_numpy():
     tree = ast.parse(Path(mf.__file__).read_text())
     roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert roots <= {"__future__", "math", "typing", "numpy"}, roots
+
+
+@background
+def meanfield_import(d: Path):
+    """In a fresh interpreter (deeprun imported): [seconds to import deeprun.meanfield and analyse once, the
+    heavy modules loaded]."""
     code = ("import json, sys, time, deeprun; t = time.perf_counter(); import deeprun.meanfield as m; "
             "m.analyse('tanh', 2.5, 0.1); dt = time.perf_counter() - t; "
             "print(json.dumps([dt, [k for k in ('torch', 'scipy', 'pandas') if k in sys.modules]]))")
-    dt, heavy = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                          check=True).stdout)
+    p = run_python(code, cwd=d)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_module_loads_fast_without_torch_scipy_or_pandas(meanfield_import):
+    dt, heavy = meanfield_import.result
     assert heavy == [] and dt < 1.0

@@ -107,7 +107,8 @@ def probe(build, x: torch.Tensor, protocol, members: int | None):
     for e, (own, _, _) in enumerate(solo):
         assert len(reads) == len(own)
         for i, (mine, theirs) in enumerate(zip(reads, own)):
-            torch.testing.assert_close(mine[e], theirs, rtol=1e-5, atol=1e-7, equal_nan=True,
+            # atol 1e-6: act_std comes from sums of squares, whose float32 cancellation differs by summation order
+            torch.testing.assert_close(mine[e], theirs, rtol=1e-5, atol=1e-6, equal_nan=True,
                                        msg=lambda m: f"member {e}, read {i}: {m}")
     assert not torch.allclose(reads[-1][0], reads[-1][1], equal_nan=True)  # each member is read as itself
     return solo[0]
@@ -442,7 +443,7 @@ def test_each_layer_gets_the_rule_of_its_own_activation(members):
 
 
 class SharedAct(nn.Module):
-    """Seed 000's style: one activation module called after every hidden layer."""
+    """The residual-network notebook's style: one activation module called after every hidden layer."""
 
     def __init__(self, seed: int = 4):
         super().__init__()

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import DEEPRUN, tiny
+from conftest import run_cli, run_python, tiny
 
 import deeprun
 from deeprun import report
@@ -24,7 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> dict[str, Path]:
-    """sweep/: 8 completed runs (seed 001's setting, 5 epochs); broken/: a failed run and a torn one."""
+    """sweep/: 8 completed runs (the deep-MLP notebook's setting, 5 epochs); broken/: a failed run and a torn one."""
     import torch
 
     threads = torch.get_num_threads()
@@ -136,6 +135,7 @@ def test_pivot_mean_and_std_over_seeds(records, capsys, tmp_path):
     assert "mean ± std over 2 seeds" in out
 
 
+@pytest.mark.slow
 def test_plots_are_pngs_and_skip_runs_without_records(records, capsys, tmp_path):
     out, err = run_report(capsys, records["sweep"], records["broken"], "--pivot", "depth", "act", "final_train_loss",
                           "--plot", tmp_path / "plots")
@@ -167,6 +167,7 @@ def test_grad_norm_panel_titles_do_not_overlap():
                                                        "Gradient norm per layer\nafter training (epoch 1000)"]
 
 
+@pytest.mark.slow
 def test_pivot_of_named_rows_is_a_heatmap_png(records, capsys, tmp_path):
     run_report(capsys, records["sweep"], "--pivot", "act", "depth", "grad_norm_first", "--plot", tmp_path)
     assert (tmp_path / "pivot_grad_norm_first_by_act_and_depth.png").read_bytes()[:8] == PNG
@@ -225,15 +226,15 @@ def test_help_documents_every_option_with_an_example(capsys):
             assert action.option_strings[0] in text and "e.g. " in action.help
 
 
+@pytest.mark.subprocess
 def test_console_script_reads_records_without_torch(records, tmp_path):
     """The whole report, plots included, as a user runs it; torch is never imported."""
     args = [str(records["sweep"]), "--pivot", "depth", "act", "final_train_loss", "--plot", str(tmp_path)]
     code = f"import sys; from deeprun.report import main; main({args!r}); print('torch:', 'torch' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    done = run_python(code, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "torch: False" in done.stdout and "wrote" in done.stdout
-    bad = subprocess.run([str(DEEPRUN.with_name("deeprun-report")), str(tmp_path / "nope")], capture_output=True,
-                         text=True, timeout=60, check=False)
+    bad = run_cli(str(tmp_path / "nope"), cwd=tmp_path, program="deeprun-report", timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
@@ -304,6 +305,7 @@ def test_loss_outliers_are_off_the_chart_with_a_note():
 
 # --- layer x epoch heatmaps, seed bands, several pivots, the Python API ------------------------------------
 
+@pytest.mark.slow
 def test_layers_pngs_for_the_runs_named_and_for_a_few_by_default(records, capsys, tmp_path):
     out, _ = run_report(capsys, records["sweep"], "--plot", tmp_path / "named", "--layers", "relu-d8-s0",
                         "--layers", f"{records['sweep'].name}/sigmoid-d8-s1", "--layers", "sigmoid-d2-s0")
@@ -357,6 +359,7 @@ def test_loss_png_draws_seeds_as_a_mean_and_a_band():
     assert list(mean) == pytest.approx([1.05, 0.55, 0.2]) and list(high) == pytest.approx([1.1, 0.6, 0.2])
 
 
+@pytest.mark.slow
 def test_several_pivots_each_printed_and_plotted(records, capsys, tmp_path):
     out, _ = run_report(capsys, records["sweep"], "--pivot", "depth", "act", "final_train_loss",
                         "--pivot", "act", "depth", "grad_norm_first", "--plot", tmp_path)

@@ -19,7 +19,7 @@ import deeprun
 from deeprun import api, stack
 from deeprun.records import read_run
 
-from conftest import tiny
+from conftest import fast_first, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +55,7 @@ def assert_close(solo: pd.DataFrame, member: pd.DataFrame, what: str) -> None:
     np.testing.assert_allclose(b.to_numpy(), a.to_numpy(), rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=what)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", fast_first(FAMILIES, keep={"model_d"}))
 def test_each_member_has_its_solo_runs_numbers(family, tmp_path):
     shared, members = FAMILIES[family]
     cfgs = [tiny(*shared, *own, "device=cpu") for own in members]
@@ -135,7 +135,8 @@ def test_group_keys_split_on_shapes_and_join_on_member_keys():
     assert "plateau" in stack.why_alone(tiny("scheduler=plateau", "device=cpu"))
 
 
-@pytest.mark.parametrize("family, act", [("mlp_bn", "relu"), ("cnn", "relu"), ("model_d", "tanh"), ("model_d", "sigmoid")])
+@pytest.mark.parametrize("family, act", fast_first([("mlp_bn", "relu"), ("cnn", "relu"), ("model_d", "tanh"),
+                                                   ("model_d", "sigmoid")], multi=True))
 def test_big_activations_reduced_as_they_come_give_the_same_numbers(family, act, monkeypatch):
     """Activations above probes.BIG values are reduced in the forward hook (memory); the numbers are the same."""
     shared, members = FAMILIES[family]

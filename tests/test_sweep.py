@@ -1,8 +1,8 @@
 """Sweeps as a user runs them: one results table, failing and diverging jobs recorded, every
 launcher, resume after SIGKILL, strict, expect, debug=smoke, Optuna; and the sweep helpers.
 
-The module's sweeps start together in the background, two at a time (each a torch
-import and several jobs); each test then reads its sweep's result.
+The module's sweeps are background jobs (conftest.background: each a torch import and several
+jobs), started with the session; each test then reads its sweep's result.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pytest
@@ -24,7 +22,7 @@ import yaml
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from conftest import DEEPRUN, run_cli as _run_cli, run_dirs
+from conftest import background, output, run_cli as _run_cli, run_dirs, start_cli, together
 from deeprun import sweep
 from deeprun.cli import one_line
 from deeprun.records import config_key, missed_expectation
@@ -33,15 +31,11 @@ TINY = ["epochs=5", "depth=2", "width=8", "data.n=64", "optimizer=sgd"]
 # lr axis: fine, invalid (the job fails), far too large (it diverges), fine
 GRID = ["lr=0.01,-1,1e6,0.001"]
 STATUS_BY_LR = {0.01: "completed", -1.0: "failed", 1e6: "diverged", 0.001: "completed"}
-ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "300"}
+ENV = {"COLUMNS": "300"}
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return _run_cli(*args, cwd=cwd, env=ENV, timeout=timeout)
-
-
-def output(p: subprocess.CompletedProcess) -> str:
-    return f"exit {p.returncode}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}"
+def run_cli(*args: str, cwd: Path, **kw):
+    return _run_cli(*args, cwd=cwd, env=ENV, **kw)
 
 
 def sweep_dirs(root: Path) -> list[Path]:
@@ -50,48 +44,40 @@ def sweep_dirs(root: Path) -> list[Path]:
 
 # --- the module's commands, in the background -------------------------------------------------
 
-SWEEPS: dict[str, Callable[[Path], object]] = {}  # fixture name -> command(dir)
 
-
-def command(fn):
-    SWEEPS[fn.__name__] = fn
-    return fn
-
-
-@command
+@background
 def submitit_sweep(d: Path):
     return run_cli("-m", *TINY, *GRID, "hydra/launcher=submitit_local", cwd=d)
 
 
-@command
+@background
 def two_sweeps(d: Path):
     """The basic and the joblib launcher on the same grid, started in the same directory at once
     (the batched launcher, -m's default, has tests/test_launcher.py)."""
-    with ThreadPoolExecutor(2) as pool:
-        basic = pool.submit(run_cli, "-m", *TINY, *GRID, "hydra/launcher=basic", cwd=d)
-        joblib = pool.submit(run_cli, "-m", *TINY, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=d)
-        return basic.result(), joblib.result()
+    return together(lambda: run_cli("-m", *TINY, *GRID, "hydra/launcher=basic", cwd=d),
+                    lambda: run_cli("-m", *TINY, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=d))
 
 
-@command
+@background
 def alone_run(d: Path):
     """The grid's first job as a single run, with torch's own thread count (no OMP_NUM_THREADS)."""
-    return _run_cli(*TINY, "lr=0.01", "log.progress=false", "hydra.run.dir=alone", cwd=d, timeout=240)
+    return _run_cli(*TINY, "lr=0.01", "log.progress=false", "hydra.run.dir=alone", cwd=d,
+                    env={"OMP_NUM_THREADS": None})
 
 
-@command
+@background
 def optuna_sweep(d: Path):
     """A study whose search space holds an lr that diverges: the study must still run every trial."""
     return run_cli("-m", *TINY, "hparams_search=lr_width", "hydra.sweeper.n_trials=4",
                    "hydra.sweeper.params.lr='choice(1e6,0.01)'", "hydra.sweeper.params.width='choice(4,8)'", cwd=d)
 
 
-@command
+@background
 def strict_sweep(d: Path):
     return run_cli("-m", *TINY, "lr=-1,0.01,0.02", "strict=true", cwd=d)
 
 
-@command
+@background
 def expect_runs(d: Path):
     (d / "a").mkdir()
     (d / "b").mkdir()
@@ -102,35 +88,28 @@ def expect_runs(d: Path):
             run_cli("-m", *TINY, "lr=0.01,0.001", "expect.val_r2_above=0.999", cwd=d / "c"))
 
 
-@command
+@background
 def smoke_run(d: Path):
     return run_cli("debug=smoke", "model=resnet", "depth=4", cwd=d)
 
 
-_pool = ThreadPoolExecutor(2)
-_futures: dict[str, Future] = {}
+KILLED = ["-m", "depth=1,2,3,4", "epochs=4000", "log.every=100", "width=4", "data.n=32", "hydra.sweep.dir=S"]
 
 
-def _start(request: pytest.FixtureRequest, tmp_path_factory) -> None:
-    if _futures:
-        return
-    wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    for name, fn in SWEEPS.items():
-        if name in wanted:
-            d = tmp_path_factory.mktemp(name)
-            _futures[name] = _pool.submit(lambda fn=fn, d=d: (d, fn(d)))
-
-
-def _fixture(name: str):
-    @pytest.fixture(scope="module", name=name)
-    def fixture(request, tmp_path_factory):
-        _start(request, tmp_path_factory)
-        return _futures[name].result()
-    return fixture
-
-
-for _name in SWEEPS:
-    globals()[_name] = _fixture(_name)
+@background
+def killed_sweep(d: Path):
+    """A sweep SIGKILLed (the whole process group) once a job completed, then run again with resume=true:
+    (results.csv before the resume, each finished run's summary.json mtime then, the resumed command)."""
+    proc = start_cli(*KILLED, cwd=d, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = d / "S" / "results.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (results.exists() and "completed" in results.read_text()):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep, mid-way
+    proc.wait()
+    before = pd.read_csv(results)
+    stamps = {r: (d / "S" / r / "summary.json").stat().st_mtime_ns for r in before[before.status == "completed"].run}
+    return before, stamps, run_cli(*KILLED, "resume=true", cwd=d)
 
 
 # --- the results table -------------------------------------------------------------------------
@@ -157,7 +136,7 @@ def check_grid(directory: Path, proc: subprocess.CompletedProcess) -> pd.DataFra
 
 
 def test_basic_and_joblib_sweeps_each_end_in_one_table(two_sweeps):
-    d, (basic, joblib) = two_sweeps
+    d, (basic, joblib) = two_sweeps.dir, two_sweeps.result
     dirs = sweep_dirs(d)
     assert len(dirs) == 2, f"two sweeps started together must not share a directory: {dirs}"
     by_launcher = {}
@@ -177,8 +156,7 @@ def test_basic_and_joblib_sweeps_each_end_in_one_table(two_sweeps):
 
 def test_a_job_writes_the_same_records_alone_and_under_either_launcher(two_sweeps, alone_run):
     """Determinism: byte for byte, but for epochs.csv's wall-clock `seconds` column."""
-    d, _ = two_sweeps
-    alone_dir, alone = alone_run
+    d, alone_dir, alone = two_sweeps.dir, alone_run.dir, alone_run.result
     assert alone.returncode == 0, output(alone)
     jobs = [next(p for p in directory.iterdir() if p.name.startswith("0_")) for directory in sweep_dirs(d)]
     assert len(jobs) == 2
@@ -197,14 +175,14 @@ def without_seconds(path: Path) -> str:
 
 @pytest.mark.slow
 def test_submitit_local_sweep_ends_in_one_table(submitit_sweep):
-    d, proc = submitit_sweep
+    d, proc = submitit_sweep.dir, submitit_sweep.result
     (directory,) = sweep_dirs(d)
     check_grid(directory, proc)
     assert (directory / ".submitit").is_dir()
 
 
 def test_job_directories_are_named_by_their_overrides(two_sweeps):
-    d, _ = two_sweeps
+    d = two_sweeps.dir
     for directory in sweep_dirs(d):  # joblib hands Hydra the value as it parsed it: lr=1000000.0
         names = sorted(p.name.replace("1000000.0", "1e6") for p in directory.iterdir() if p.is_dir())
         assert names[:4] == [f"{i}_data.n=64,depth=2,epochs=5,lr={lr},optimizer=sgd,width=8"
@@ -215,7 +193,7 @@ def test_job_directories_are_named_by_their_overrides(two_sweeps):
 
 
 def test_strict_stops_the_sweep_at_the_first_failure(strict_sweep):
-    d, proc = strict_sweep
+    d, proc = strict_sweep.dir, strict_sweep.result
     assert proc.returncode == 1, output(proc)
     assert "job 0 failed and strict=true: sweep stopped" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -225,7 +203,7 @@ def test_strict_stops_the_sweep_at_the_first_failure(strict_sweep):
 
 
 def test_expect_exits_1_with_one_line_when_a_run_misses_it(expect_runs):
-    _, (missed, met, in_sweep) = expect_runs
+    missed, met, in_sweep = expect_runs.result
     assert missed.returncode == 1, output(missed)
     (line,) = [ln for ln in missed.stderr.splitlines() if ln.strip()]
     assert line.startswith("deeprun: expect.final_train_loss_below=1e-09 missed: final_train_loss = ")
@@ -235,7 +213,7 @@ def test_expect_exits_1_with_one_line_when_a_run_misses_it(expect_runs):
 
 
 def test_expect_miss_is_recorded_in_the_summary(expect_runs):
-    d, _ = expect_runs
+    d = expect_runs.dir
     (run,) = run_dirs(d / "a")
     assert json.loads((run / "summary.json").read_text())["expect_missed"].startswith("expect.final_train_loss_below")
     (run,) = run_dirs(d / "b")
@@ -243,7 +221,7 @@ def test_expect_miss_is_recorded_in_the_summary(expect_runs):
 
 
 def test_debug_smoke_is_one_epoch_on_64_rows(smoke_run):
-    d, proc = smoke_run
+    d, proc = smoke_run.dir, smoke_run.result
     assert proc.returncode == 0, output(proc)
     (run,) = run_dirs(d)
     summary = json.loads((run / "summary.json").read_text())
@@ -256,7 +234,7 @@ def test_debug_smoke_is_one_epoch_on_64_rows(smoke_run):
 
 
 def test_optuna_study_survives_a_diverging_trial(optuna_sweep):
-    d, proc = optuna_sweep
+    d, proc = optuna_sweep.dir, optuna_sweep.result
     assert proc.returncode == 0, output(proc)
     (directory,) = sweep_dirs(d)
     results = pd.read_csv(directory / "results.csv")
@@ -273,33 +251,20 @@ def test_optuna_study_survives_a_diverging_trial(optuna_sweep):
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_without_rerunning_finished_jobs(tmp_path):
-    args = ["-m", "depth=1,2,3,4", "epochs=4000", "log.every=100", "width=4", "data.n=32", "hydra.sweep.dir=S"]
-    env = {**os.environ, **ENV}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([str(DEEPRUN), *args], cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = tmp_path / "S" / "results.csv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (results.exists() and "completed" in results.read_text()):
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep, mid-way
-    proc.wait()
-    before = pd.read_csv(results)
+def test_killed_sweep_resumes_without_rerunning_finished_jobs(killed_sweep):
+    d = killed_sweep.dir / "S"
+    before, stamps, again = killed_sweep.result
     done = before[before.status == "completed"]
     assert 1 <= len(done) < 4, before.status
-    stamps = {r: (tmp_path / "S" / r / "summary.json").stat().st_mtime_ns for r in done.run}
-
-    again = run_cli(*args, "resume=true", cwd=tmp_path)
     assert again.returncode == 0, output(again)
     assert again.stderr.count("skipped: finished before") == len(done)
-    after = pd.read_csv(results)
+    after = pd.read_csv(d / "results.csv")
     assert len(after) == 4 and set(after.status) == {"completed"}, after[["run", "status"]]
     assert after.config_key.is_unique and sorted(after.depth) == [1, 2, 3, 4]
-    assert {r: (tmp_path / "S" / r / "summary.json").stat().st_mtime_ns for r in done.run} == stamps  # not re-run
+    assert {r: (d / r / "summary.json").stat().st_mtime_ns for r in done.run} == stamps  # not re-run
     for run in after.run:  # every record whole
-        json.loads((tmp_path / "S" / run / "summary.json").read_text())
-        assert len(pd.read_csv(tmp_path / "S" / run / "epochs.csv")) == 4001
+        json.loads((d / run / "summary.json").read_text())
+        assert len(pd.read_csv(d / run / "epochs.csv")) == 4001
 
 
 # --- the helpers -------------------------------------------------------------------------------
@@ -364,10 +329,10 @@ def test_missing_plugin_names_the_override_that_chose_it(monkeypatch):
                            "installed; pip install 'deeprun[optuna]'")
 
 
-def test_slurm_launcher_config_composes(cli):
-    p = cli("--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu")
-    assert p.returncode == 0, p.stderr
-    launcher = yaml.safe_load(p.stdout)["hydra"]["launcher"]
+def test_slurm_launcher_config_composes(main):
+    p = main("--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu")
+    assert p.code == 0, p.err
+    launcher = yaml.safe_load(p.out)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["partition"] == "gpu" and launcher["gpus_per_node"] == 1 and launcher["array_parallelism"] == 32
 
@@ -413,17 +378,17 @@ def test_a_config_key_only_later_jobs_have_still_comes_before_status(tmp_path):
     assert list(results_frame([tmp_path]).columns) == expected  # the whole table, as the sweep ends
 
 
-def test_a_sweep_into_a_dir_with_runs_needs_resume(tmp_path):
+def test_a_sweep_into_a_dir_with_runs_needs_resume(tmp_path, main):
     """Refused before any job runs (and before Hydra rewrites multirun.yaml): the old sweep stays as it was."""
     old = tmp_path / "S" / "0_depth=1"
     old.mkdir(parents=True)
     (old / "summary.json").write_text(json.dumps({"status": "completed", "depth": 1}))
     (tmp_path / "S" / "multirun.yaml").write_text("old: sweep\n")
     before = {p: p.read_bytes() for p in (tmp_path / "S").rglob("*") if p.is_file()}
-    p = run_cli("-m", *TINY, "depth=1,2", "hydra.sweep.dir=S", cwd=tmp_path)
-    assert p.returncode == 2, output(p)
-    assert p.stderr == ("deeprun: error: hydra.sweep.dir=S already holds 1 run; add resume=true to run only what is "
-                        "not finished there, or choose another hydra.sweep.dir\n"), output(p)
+    p = main("-m", *TINY, "depth=1,2", "hydra.sweep.dir=S")
+    assert p.code == 2, p
+    assert p.err == ("deeprun: error: hydra.sweep.dir=S already holds 1 run; add resume=true to run only what is "
+                     "not finished there, or choose another hydra.sweep.dir\n"), p
     assert {p: p.read_bytes() for p in (tmp_path / "S").rglob("*") if p.is_file()} == before
 
 
