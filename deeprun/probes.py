@@ -264,30 +264,50 @@ class Probes:
         # float32, the precision the device measured them in (and a third less time to write as text)
         return table | {column: values[:, j].astype(np.float32) for j, column in enumerate(LAYER_COLUMNS)}
 
+    def _blocks(self, shapes: tuple) -> list[tuple[int, ...]]:
+        """The shapes of collect's blocks in order, member dimension left out: each is (rows, E, *rest) in the raw."""
+        blocks = [(len(self.weights),)] * 4  # grads, ||W_after - W_before||, ||W_after||, ||W_before||
+        for idx in self._groups(shapes):
+            kinds = {self.acts[i][1] for i in idx}
+            blocks += [(len(idx),), (len(idx),), (len(idx), shapes[idx[0]][2])]  # sums, roots, positive parts
+            blocks += [(len(idx),) for kind in TAILS if kind in kinds]
+        return blocks
+
+    def _columns(self, shapes: tuple, member: int) -> np.ndarray:
+        """Where member's own numbers sit in a logged epoch's raw (all E members'): its blocks, in order."""
+        at, columns = 0, []
+        for rows, *rest in self._blocks(shapes):
+            size = rows * self.size * math.prod(rest)
+            columns.append(np.arange(at, at + size).reshape(rows, self.size, -1)[:, member].ravel())
+            at += size
+        return np.concatenate(columns) if columns else np.arange(0)
+
     @np.errstate(all="ignore")  # a diverged run's inf - inf and inf / inf: NaN, as it should be
     def _rows(self, logged: list[Logged], member: int) -> np.ndarray:
         """(T, L, LAYER_COLUMNS) of one member for T logged epochs of one layout, all at once."""
-        raw = np.stack([e.raw for e in logged])
+        columns = self._columns(logged[0].shapes, member)
+        raw = np.stack([e.raw[columns] for e in logged])  # this member's numbers only: the others' are theirs to read
         steps = np.maximum([e.steps for e in logged], 1)[:, None]
         updated = np.array([e.updated for e in logged])[:, None]
-        shapes, n, e, m = logged[0].shapes, len(self.weights), self.size, member
+        shapes, n = logged[0].shapes, len(self.weights)
+        blocks = iter(self._blocks(shapes))
         at = 0
 
-        def take(*shape: int) -> np.ndarray:  # the next block of the layout, this member's slice
+        def take() -> np.ndarray:  # the next block of the layout
             nonlocal at
+            shape = next(blocks)
             size = math.prod(shape)
-            block = raw[:, at:at + size].reshape(len(raw), *shape)
             at += size
-            return block[:, :, m] if len(shape) >= 2 else block
+            return raw[:, at - size:at].reshape(len(raw), *shape)
 
         out = np.full((len(logged), n, len(LAYER_COLUMNS)), np.nan)
-        grads, updates, weights, before = take(n, e), take(n, e), take(n, e), take(n, e)
+        grads, updates, weights, before = take(), take(), take(), take()
         out[..., 0] = grads / steps
         out[..., 1] = weights
         np.divide(updates, before, out=out[..., 2], where=updated & (before != 0))
         for idx in self._groups(shapes):
-            g, units, size = len(idx), shapes[idx[0]][2], math.prod(shapes[idx[0]][1:])  # per member
-            sums, roots, positive = take(g, e), take(g, e), take(g, e, units)
+            units, size = shapes[idx[0]][2], math.prod(shapes[idx[0]][1:])  # per member
+            sums, roots, positive = take(), take(), take()
             layers = np.array([self.acts[i][2] for i in idx])
             kinds = np.array([self.acts[i][1] for i in idx])
             out[:, layers, 3] = sums / size
@@ -297,7 +317,7 @@ class Probes:
             out[:, layers[dead], 5] = (positive[:, dead] == 0).sum(-1) / units
             for kind in TAILS:
                 if kind in kinds:
-                    tails = take(g, e)
+                    tails = take()
                     out[:, layers[kinds == kind], 6] = tails[:, kinds == kind] / size
         return out
 

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -79,7 +80,34 @@ def record_of(run_dir: Path) -> Path | None:
 
 
 def write_table(path: Path, frame: pd.DataFrame) -> None:
-    write_atomic(path, lambda f: frame.to_csv(f, index=False))
+    write_atomic(path, lambda f: f.write(csv_text(frame)))
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """frame.to_csv(index=False)'s text (on Linux), but float32 columns as '%.9g' (the fewest digits that read back as the
+    same float32 always) where pandas writes numpy's shortest repr: a third of the time on a run's layers.csv."""
+    columns = [_texts(frame.iloc[:, i]) for i in range(frame.shape[1])]
+    if len(columns) == 1:  # an empty line would read as no row at all
+        columns = [[t or '""' for t in columns[0]]]
+    lines = [",".join(_quoted(str(c)) for c in frame.columns), *map(",".join, zip(*columns))]
+    return "\n".join(lines) + "\n"
+
+
+def _texts(column: pd.Series) -> list[str]:
+    """A column's CSV fields, as pandas writes them: NaN and None empty, floats by repr."""
+    values, kind = column.tolist(), column.dtype.kind if isinstance(column.dtype, np.dtype) else "O"
+    if column.dtype == np.float32:
+        return ["%.9g" % v if v == v else "" for v in values]
+    if kind == "f":
+        return [repr(v) if v == v else "" for v in values]
+    if kind in "iub":
+        return list(map(str, values))
+    return ["" if v is None or v is pd.NA or v != v else _quoted(str(v)) for v in values]
+
+
+def _quoted(text: str, special=re.compile(r'[,"\r\n]').search) -> str:
+    """A field in quotes where the csv module's QUOTE_MINIMAL (pandas' default) quotes it."""
+    return '"' + text.replace('"', '""') + '"' if special(text) else text
 
 
 TASK_COLUMNS = {"val_r2": ("val_r2", "val_rmse"), "val_accuracy": ("val_accuracy",)}  # a task's own metrics

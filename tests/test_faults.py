@@ -23,16 +23,17 @@ SMALL = [*TINY, "epochs=2", "data.n=32"]
 
 @pytest.fixture
 def full_disk(monkeypatch):
-    """DataFrame.to_csv fails on epochs.csv after writing part of it, as a full disk does: the partial
-    temporary file must vanish and the summary must say so."""
-    real = pd.DataFrame.to_csv
+    """Writing epochs.csv fails once its temporary file is open, as a full disk does: the temporary file
+    must vanish and the summary must say so."""
+    from deeprun import records
 
-    def to_csv(self, f=None, *args, **kwargs):
-        if list(self.columns[:2]) == ["epoch", "train_loss"]:  # epochs.csv
-            f.write("epoch,train_lo")
+    real = records.csv_text
+
+    def csv_text(frame):
+        if list(frame.columns[:2]) == ["epoch", "train_loss"]:  # epochs.csv
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, f, *args, **kwargs)
-    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+        return real(frame)
+    monkeypatch.setattr(records, "csv_text", csv_text)
 
 
 def one_line(err: str, out: str = "") -> str:

@@ -609,3 +609,23 @@ def test_read_run_gives_back_what_the_run_returned(tmp_path):
     assert summary["status"] == "completed" and summary["final_train_loss"] == result.summary["final_train_loss"]
     pd.testing.assert_frame_equal(epochs, result.epochs, check_dtype=False)
     pd.testing.assert_frame_equal(layers, result.layers, check_dtype=False)
+
+
+def test_records_csv_is_pandas_to_csv_text_and_float32_reads_back_exactly():
+    import numpy as np
+
+    from deeprun.records import csv_text
+
+    floats = [0.1, 1e-5, 1.5e-300, 123456789012.0, 1e22, -0.0, np.inf, -np.inf, np.nan, 3.0, 2.5e-7, 0.30000000000000004]
+    frame = pd.DataFrame({
+        "float": floats, "int": range(12), "bool": [True, False] * 6,
+        "text": ["x,y", 'say "hi"', "net.0", None, "", " a b", "é", "1", "two\nlines", "m", np.nan, "p"],
+        "mixed": [1, "a", None, 2.5, True, np.nan, "x", 3, 4, 5, 6, 7],
+        "Int64": pd.array([1, None] * 6, dtype="Int64"), "string": pd.array(["a", None] * 6, dtype="string")})
+    assert csv_text(frame) == frame.to_csv(index=False, lineterminator="\n")
+    assert csv_text(frame.iloc[:0]) == frame.iloc[:0].to_csv(index=False, lineterminator="\n")
+    assert csv_text(frame[["text"]]) == frame[["text"]].to_csv(index=False, lineterminator="\n")
+    f32 = (np.random.default_rng(0).standard_normal(10_001) * 10.0 ** np.arange(-5, 5).repeat(1001)[:10_001]).astype(np.float32)
+    f32[-1] = np.nan
+    back = pd.read_csv(io.StringIO(csv_text(pd.DataFrame({"x": f32}))))
+    np.testing.assert_array_equal(back.x.to_numpy().astype(np.float32), f32)
