@@ -261,7 +261,7 @@ class Probes:
         values = np.concatenate([self._rows(run, member) for run in _runs(logged)]).reshape(-1, len(LAYER_COLUMNS))
         table = {"epoch": np.repeat([e.epoch for e in logged], n), "layer": np.tile(np.arange(n), len(logged)),
                  "name": np.tile(np.array(self.names, dtype=object), len(logged))}
-        # float32, the precision the device measured them in (and a third less time to write as text)
+        # float32, the precision the device measured them in
         return table | {column: values[:, j].astype(np.float32) for j, column in enumerate(LAYER_COLUMNS)}
 
     def _blocks(self, shapes: tuple) -> list[tuple[int, ...]]:
@@ -280,7 +280,7 @@ class Probes:
             size = rows * self.size * math.prod(rest)
             columns.append(np.arange(at, at + size).reshape(rows, self.size, -1)[:, member].ravel())
             at += size
-        return np.concatenate(columns) if columns else np.arange(0)
+        return np.concatenate(columns)
 
     @np.errstate(all="ignore")  # a diverged run's inf - inf and inf / inf: NaN, as it should be
     def _rows(self, logged: list[Logged], member: int) -> np.ndarray:
@@ -290,15 +290,10 @@ class Probes:
         steps = np.maximum([e.steps for e in logged], 1)[:, None]
         updated = np.array([e.updated for e in logged])[:, None]
         shapes, n = logged[0].shapes, len(self.weights)
-        blocks = iter(self._blocks(shapes))
-        at = 0
-
-        def take() -> np.ndarray:  # the next block of the layout
-            nonlocal at
-            shape = next(blocks)
-            size = math.prod(shape)
-            at += size
-            return raw[:, at - size:at].reshape(len(raw), *shape)
+        blocks = self._blocks(shapes)
+        ends = np.cumsum([math.prod(b) for b in blocks])[:-1]
+        parts = iter([part.reshape(len(raw), *b) for part, b in zip(np.split(raw, ends, axis=1), blocks)])
+        take = parts.__next__  # the next block of the layout
 
         out = np.full((len(logged), n, len(LAYER_COLUMNS)), np.nan)
         grads, updates, weights, before = take(), take(), take(), take()

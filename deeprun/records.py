@@ -85,7 +85,7 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
 
 def csv_text(frame: pd.DataFrame) -> str:
     """frame.to_csv(index=False)'s text (on Linux), but float32 columns as '%.9g' (the fewest digits that read back as the
-    same float32 always) where pandas writes numpy's shortest repr: a third of the time on a run's layers.csv."""
+    same float32 always) where pandas writes numpy's shortest repr: under half the time on a run's layers.csv."""
     columns = [_texts(frame.iloc[:, i]) for i in range(frame.shape[1])]
     if len(columns) == 1:  # an empty line would read as no row at all
         columns = [[t or '""' for t in columns[0]]]
