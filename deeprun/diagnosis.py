@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import jacobian, meanfield
+from . import jacobian, meanfield, schema
 from .config import ACTIVATION_TABLE, validate
 from .data import build_data, resolve_device
 from .models import GAINS, Residual, build_model, count_params, init_weights, resolve_init, weight_layers
@@ -39,8 +39,16 @@ from .records import (DIAGNOSIS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN, DIAGNOSIS
                       write_summary, write_table)
 from .train import MEMBER_LOSS
 
-SIGNAL = ("pre_mean", "pre_std", "act_mean", "act_std", "grad_norm", "dead_frac", "saturated_frac")
-BLOCK_SIGNAL = ("avg_sq_mean", "avg_var", "branch_var")  # Brock et al. 2021, per residual block
+
+
+def _measured_numbers(row: tuple) -> tuple[str, ...]:
+    """The numbers each draw measures of a diagnosis table (schema.py): its outcome columns but the spreads."""
+    spreads = {f"{c.name}_std" for c in row}
+    return tuple(c.name for c in row if c.kind == schema.OUTCOME and c.name not in spreads)
+
+
+SIGNAL = _measured_numbers(schema.DIAGNOSIS_LAYER_ROW)  # per weight layer
+BLOCK_SIGNAL = _measured_numbers(schema.DIAGNOSIS_BLOCK_ROW)  # Brock et al. 2021, per residual block
 
 # The verdict's rules (README, "The verdict"): the first that holds names the net's trouble.
 DEAD = 0.5  # a layer whose units are half or more dead (never positive on the measured rows)

@@ -27,7 +27,7 @@ from . import schema
 
 SUMMARY, EPOCHS, LAYERS, RESULTS, GROUPS = schema.SUMMARY, schema.EPOCHS, schema.LAYERS, schema.RESULTS, schema.GROUPS
 DIAGNOSIS = schema.DIAGNOSIS  # deeprun-diagnose's row: a run directory holds it or a summary.json
-DIAGNOSIS_LAYERS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN = "diagnosis_layers.csv", "diagnosis_blocks.csv", "diagnosis_jacobian.csv"
+DIAGNOSIS_LAYERS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN = schema.DIAGNOSIS_LAYERS, schema.DIAGNOSIS_BLOCKS, schema.DIAGNOSIS_JACOBIAN
 LAYER_COLUMNS = tuple(c.name for c in schema.LAYER_ROW if c.kind == schema.OUTCOME)  # the probes' numbers
 FINISHED = ("completed", "diverged")  # a run with one of these statuses has its whole record
 # Keys that change how a run is driven or recorded (logger=...), not what it computes: left out of its config_key

@@ -16,6 +16,7 @@ from pathlib import Path
 
 SUMMARY, DIAGNOSIS, RESULTS = "summary.json", "diagnosis.json", "results.csv"
 EPOCHS, LAYERS = "epochs.csv", "layers.csv"
+DIAGNOSIS_LAYERS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN = "diagnosis_layers.csv", "diagnosis_blocks.csv", "diagnosis_jacobian.csv"
 GROUPS = ("model", "act", "init", "norm", "optimizer", "scheduler", "data", "device")  # config groups in a row
 # (norm's one key, position, is the row's norm_position: no norm.<key> columns)
 BOTH = (SUMMARY, DIAGNOSIS)
@@ -217,7 +218,46 @@ LAYER_ROW: tuple[Column, ...] = (
            "sigmoid `a < 0.01` or `a > 0.99`. tanh and sigmoid only", (LAYERS,)),
 )
 
-FILE_ROWS = {SUMMARY: ROW, DIAGNOSIS: ROW, RESULTS: ROW, EPOCHS: EPOCH_ROW, LAYERS: LAYER_ROW}
+
+
+def _over_draws(file: str, name: str, meaning: str) -> tuple[Column, Column]:
+    """A diagnosis number (its mean over the draws) and its spread, `<name>_std`."""
+    return (Column(name, OUTCOME, f"{meaning}: the mean over the draws", (file,)),
+            Column(f"{name}_std", OUTCOME, f"`{name}`'s spread: its standard deviation over the draws (ddof 0)", (file,)))
+
+
+# diagnosis_layers.csv, one row per weight layer: the numbers of layers.csv's epoch 0, on each draw
+DIAGNOSIS_LAYER_ROW: tuple[Column, ...] = (
+    Column("layer", RECORD, "the layer's index in forward order, 0 first", (DIAGNOSIS_LAYERS,)),
+    Column("name", RECORD, "its module path, as layers.csv's", (DIAGNOSIS_LAYERS,)),
+    *_over_draws(DIAGNOSIS_LAYERS, "pre_mean", "mean of the input of the activation that follows the layer (its "
+                 "pre-activation), on the first `diagnose.rows` training rows in training mode"),
+    *_over_draws(DIAGNOSIS_LAYERS, "pre_std", "its standard deviation, as `pre_mean`"),
+    *_over_draws(DIAGNOSIS_LAYERS, "act_mean", "layers.csv's `act_mean`, on the rows of `pre_mean`"),
+    *_over_draws(DIAGNOSIS_LAYERS, "act_std", "layers.csv's `act_std`, on the rows of `pre_mean`"),
+    *_over_draws(DIAGNOSIS_LAYERS, "grad_norm", "L2 norm of the layer's weight gradient of the loss on those rows"),
+    *_over_draws(DIAGNOSIS_LAYERS, "dead_frac", "layers.csv's `dead_frac`, on those rows"),
+    *_over_draws(DIAGNOSIS_LAYERS, "saturated_frac", "layers.csv's `saturated_frac`, on those rows"),
+)
+
+# diagnosis_blocks.csv, residual nets only: one row per block (Brock, De & Smith 2021)
+DIAGNOSIS_BLOCK_ROW: tuple[Column, ...] = (
+    Column("block", RECORD, "the residual block's index, 0 first", (DIAGNOSIS_BLOCKS,)),
+    Column("name", RECORD, "`block<index>`", (DIAGNOSIS_BLOCKS,)),
+    *_over_draws(DIAGNOSIS_BLOCKS, "avg_sq_mean", "the mean over channels of the squared channel mean of the "
+                 "block's output (a channel's statistics over the batch and its positions)"),
+    *_over_draws(DIAGNOSIS_BLOCKS, "avg_var", "the mean over channels of the channel variance of the block's output"),
+    *_over_draws(DIAGNOSIS_BLOCKS, "branch_var", "`avg_var` of the residual branch f(x)"),
+)
+
+DIAGNOSIS_JACOBIAN_ROW: tuple[Column, ...] = (
+    Column("singular_value", OUTCOME, "a singular value of the input-output Jacobian of draw 0 (the net this `seed` "
+           "trains), pooled over its `diagnose.jacobian_samples` samples", (DIAGNOSIS_JACOBIAN,)),
+)
+
+FILE_ROWS = {SUMMARY: ROW, DIAGNOSIS: ROW, RESULTS: ROW, EPOCHS: EPOCH_ROW, LAYERS: LAYER_ROW,
+             DIAGNOSIS_LAYERS: DIAGNOSIS_LAYER_ROW, DIAGNOSIS_BLOCKS: DIAGNOSIS_BLOCK_ROW,
+             DIAGNOSIS_JACOBIAN: DIAGNOSIS_JACOBIAN_ROW}
 EXPECT_COLUMNS = tuple(c.name for c in ROW if c.expect)  # config.ExpectConfig: <column>_below / _above
 
 

@@ -119,6 +119,8 @@ def test_schema_is_well_formed():
     assert all(c.files and set(c.files) <= {schema.SUMMARY, schema.DIAGNOSIS, schema.RESULTS} for c in schema.ROW)
     assert all(c.files == (schema.EPOCHS,) for c in schema.EPOCH_ROW)
     assert all(c.files == (schema.LAYERS,) for c in schema.LAYER_ROW)
+    for file in (schema.DIAGNOSIS_LAYERS, schema.DIAGNOSIS_BLOCKS, schema.DIAGNOSIS_JACOBIAN):
+        assert all(c.files == (file,) for c in schema.FILE_ROWS[file])
     # the config columns first, then what deeprun decided (before `status`), then the outcome
     kinds = [c.kind for c in schema.ROW]
     assert kinds.index(schema.OUTCOME) > max(i for i, k in enumerate(kinds) if k == schema.CONFIG)
@@ -143,23 +145,24 @@ def runs(tmp_path_factory):
     }
     cfgs = {name: tiny(*overrides, "device=cpu") for name, overrides in cases.items()}
     cfgs["diagnosis"] = tiny("device=cpu", "diagnose.draws=2")
+    cfgs["diagnosis_resnet"] = tiny("device=cpu", "diagnose.draws=2", "model=resnet")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for name, cfg in cfgs.items():
-            (diagnosis.diagnose if name == "diagnosis" else api.run)(cfg, out_dir=root / name)
+            (diagnosis.diagnose if name.startswith("diagnosis") else api.run)(cfg, out_dir=root / name)
     finally:
         torch.set_num_threads(threads)
     return {name: (root / name, cfg) for name, cfg in cfgs.items()}
 
 
 def record(name: str, run: Path) -> dict:
-    return json.loads((run / (schema.DIAGNOSIS if name == "diagnosis" else schema.SUMMARY)).read_text())
+    return json.loads((run / (schema.DIAGNOSIS if name.startswith("diagnosis") else schema.SUMMARY)).read_text())
 
 
 def test_every_column_of_real_records_is_declared_for_its_file_with_its_kind(runs, default_cfg):
     for name, (run, cfg) in runs.items():
-        file = schema.DIAGNOSIS if name == "diagnosis" else schema.SUMMARY
+        file = schema.DIAGNOSIS if name.startswith("diagnosis") else schema.SUMMARY
         row = record(name, run)
         for key in row:
             column = schema.column(key, file)
@@ -175,6 +178,16 @@ def test_every_column_of_real_records_is_declared_for_its_file_with_its_kind(run
                 for key in table.columns:
                     assert schema.column(key, file) is not None, f"{name}: {file} column {key!r} is not declared"
                 assert list(table.columns) == [c.name for c in schema.FILE_ROWS[file] if c.name in table.columns]
+        else:  # a diagnosis's tables hold exactly their declared columns, in order (blocks: residual nets only)
+            tables = [schema.DIAGNOSIS_LAYERS, schema.DIAGNOSIS_JACOBIAN]
+            tables += [schema.DIAGNOSIS_BLOCKS] if cfg.model.name == "resnet" else []
+            assert sorted(p.name for p in run.glob("diagnosis_*.csv")) == sorted(tables), name
+            for file in tables:
+                table = pd.read_csv(run / file)
+                assert list(table.columns) == [c.name for c in schema.FILE_ROWS[file]], f"{name}: {file}"
+                every_row = {schema.DIAGNOSIS_LAYERS: "grad_norm", schema.DIAGNOSIS_BLOCKS: "avg_var",
+                             schema.DIAGNOSIS_JACOBIAN: "singular_value"}[file]  # a number each row has
+                assert len(table) > 0 and table[every_row].notna().all(), f"{name}: {file}"
     # config_row writes every declared config column (a family: some of its members), in the schema's order
     written = records.config_row(default_cfg, "kaiming_normal", "cpu")
     assert [k for k in written if not schema.is_config(k)] == ["config_key"]
