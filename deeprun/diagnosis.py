@@ -132,14 +132,8 @@ def _diagnose(cfg: DictConfig, out_dir: Optional[str | Path], data, threads: Opt
     row.update(init_columns(per_draw), narrowest=narrowest(model), target_rank=target_rank(data))
     row.update(_jacobian_columns(spectrum))
     row.update({k: v for k, v in theory.items() if k != "singular_values"})
-    verdict = judge(row, theory, depth=_depth(cfg), act=cfg.act.name, blocks=block_table)
-    own = init_columns(per_draw[:1])  # draw 0: the net this seed trains
-    # a ReLU unit dead on that draw gets no gradient, so it stays dead whatever the other draws do (in narrow
-    # layers the draw decides); scales (gradient ratio, variance) move in training and are judged on the mean
-    if verdict.name == "healthy" and draws > 1 and cfg.act.name in DEAD_ACTS and own["dead_frac_max@init"] >= DEAD:
-        dead = judge({**row, **own}, theory, depth=_depth(cfg), act=cfg.act.name)
-        verdict = Verdict(dead.name, f"on draw 0, the net this seed trains: {dead.evidence} (the mean over the "
-                                     f"{draws} draws is healthy)", dead.fixes)
+    verdict = judge(row, theory, depth=_depth(cfg), act=cfg.act.name, blocks=block_table,
+                    draw0=init_columns(per_draw[:1]) if draws > 1 else None)
     row.update({"verdict@init": verdict.name, "evidence": verdict.evidence, "fixes": verdict.fixes,
                 "seconds": time.perf_counter() - start, "host": platform.node(), "torch": torch.__version__,
                 "error": None})
@@ -438,12 +432,14 @@ def _measured(layer: nn.Module) -> tuple[float, float]:
 
 # --- the verdict ------------------------------------------------------------------------------
 
-def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.DataFrame] = None) -> Verdict:
+def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.DataFrame] = None,
+          draw0: Optional[dict] = None) -> Verdict:
     """The first rule that holds, in VERDICTS' order of trouble: dead units (ReLU), saturated, vanishing,
-    exploding (measured), then ordered or chaotic (mean-field: deeper than 6 xi_c), else healthy."""
-    ratio, decay = row.get("grad_ratio@init", math.nan), row.get("grad_decay@init", math.nan)
-    growth = row.get("signal_growth@init", math.nan)
-    dead, saturated = row.get("dead_frac_max@init", math.nan), row.get("saturated_frac_max@init", math.nan)
+    exploding (measured), bottleneck, then ordered or chaotic (mean-field: deeper than 6 xi_c); then dead
+    units on `draw0` alone (init_columns of draw 0, the net this seed trains; given with several draws);
+    else healthy. `row` holds init_columns of the draws' mean."""
+    ratio, growth = row.get("grad_ratio@init", math.nan), row.get("signal_growth@init", math.nan)
+    saturated = row.get("saturated_frac_max@init", math.nan)
     notes = [_mean_field_note(theory, depth)] if theory.get("mean_field") == "applicable" else []
     if isinstance(blocks, pd.DataFrame) and len(blocks) > 1 and blocks["avg_var"].iloc[0] > 0:
         block_growth = float(blocks["avg_var"].iloc[-1] / blocks["avg_var"].iloc[0])
@@ -451,9 +447,7 @@ def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.Dat
             notes.append(f"the residual blocks' output variance grows x{block_growth:.3g} from the first to the last")
     else:
         block_growth = math.nan
-    gradient = (f"the first layer's gradient is 10^{math.log10(ratio):.1f} of the last hidden layer's"
-                + (f" (x{decay:.2g} per layer)" if math.isfinite(decay) else "")) if ratio > 0 and math.isfinite(ratio) \
-        else "the first layer's gradient is 0" if ratio == 0 else ""
+    gradient = _gradient_text(row)
 
     def verdict(name: str, evidence: str, **fill) -> Verdict:
         text = "; ".join(filter(None, [evidence, *notes]))
@@ -461,9 +455,8 @@ def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.Dat
     overflow = [k for k in ("grad_norm_first@init", "grad_norm_last@init") if not math.isfinite(row.get(k, 0.0))]
     if overflow or str(row.get("jac_method") or "").startswith("not finite"):
         return verdict("exploding", "the signal or the gradient overflows float32 at initialisation")
-    if dead >= DEAD and act in DEAD_ACTS:
-        return verdict("dead units", f"{dead:.0%} of layer {row.get('dead_layer@init')}'s units never fire on the "
-                                     f"{row.get('rows', 'measured')} rows" + (f"; {gradient}" if gradient else ""))
+    if _dead(row, act):
+        return verdict("dead units", _dead_text(row))
     if saturated >= SATURATED:
         return verdict("saturated", f"{saturated:.0%} of layer {row.get('saturated_layer@init')}'s activations sit in "
                                     f"{act}'s flat tails" + (f"; {gradient}" if gradient else ""))
@@ -485,7 +478,34 @@ def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.Dat
                     depth=int(theory["trainable_depth"]))
         phase = "chaotic" if theory.get("chi_1", 1.0) > 1 else "ordered"
         return verdict(phase, gradient, **fill)
+    # a ReLU unit dead on the net this seed trains gets no gradient, so it stays dead whatever the other draws
+    # do (in narrow layers the draw decides); scales (gradient ratio, variance) move in training: judged on the mean
+    if draw0 is not None and _dead(draw0, act):
+        return verdict("dead units", f"on draw 0, the net this seed trains: {_dead_text(row | draw0)} (the mean over "
+                                     f"the {row.get('draws', 'several')} draws is healthy)")
     return verdict("healthy", gradient or "gradients and activations keep their scale through the net")
+
+
+def _dead(columns: dict, act: str) -> bool:
+    """The dead-units rule: a layer half or more dead, for an activation flat below zero (DEAD_ACTS)."""
+    return columns.get("dead_frac_max@init", math.nan) >= DEAD and act in DEAD_ACTS
+
+
+def _dead_text(columns: dict) -> str:
+    gradient = _gradient_text(columns)
+    return (f"{columns['dead_frac_max@init']:.0%} of layer {columns.get('dead_layer@init')}'s units never fire on the "
+            f"{columns.get('rows', 'measured')} rows" + (f"; {gradient}" if gradient else ""))
+
+
+def _gradient_text(columns: dict) -> str:
+    """The gradient's evidence: the first layer's gradient against the last hidden layer's, and per layer."""
+    ratio, decay = columns.get("grad_ratio@init", math.nan), columns.get("grad_decay@init", math.nan)
+    if ratio == 0:
+        return "the first layer's gradient is 0"
+    if not (ratio > 0 and math.isfinite(ratio)):
+        return ""
+    return f"the first layer's gradient is 10^{math.log10(ratio):.1f} of the last hidden layer's" + \
+        (f" (x{decay:.2g} per layer)" if math.isfinite(decay) else "")
 
 
 def _mean_field_note(theory: dict, depth: int) -> str:

@@ -115,6 +115,20 @@ def test_verdict_rules(row, theory, expected, act):
         assert "75% of layer 3's units" in v.evidence
 
 
+def test_draw_0s_dead_units_count_only_where_the_mean_is_healthy_and_the_activation_dies():
+    healthy = {"grad_ratio@init": 0.5, "signal_growth@init": 1.0, "dead_frac_max@init": 0.2, "draws": 8}
+    draw0 = {"grad_ratio@init": 0.25, "grad_decay@init": 0.5, "dead_frac_max@init": 0.5, "dead_layer@init": 2}
+    v = dg.judge(healthy, {}, depth=4, act="relu", draw0=draw0)
+    assert v.name == "dead units" and v.fixes == dg.FIXES["dead units"]
+    assert v.evidence.startswith("on draw 0, the net this seed trains: 50% of layer 2's units never fire")
+    assert "10^-0.6 of the last hidden layer's (x0.5 per layer)" in v.evidence  # draw 0's own gradient
+    assert v.evidence.endswith("(the mean over the 8 draws is healthy)")
+    assert dg.judge(healthy, {}, depth=4, act="relu").name == "healthy"  # one draw: no second reading
+    assert dg.judge(healthy, {}, depth=4, act="leaky_relu", draw0=draw0).name == "healthy"  # it still has a slope
+    vanishing = healthy | {"grad_ratio@init": 1e-4}  # a trouble of the mean comes first
+    assert dg.judge(vanishing, {}, depth=4, act="relu", draw0=draw0).name == "vanishing"
+
+
 def test_a_layer_narrower_than_the_targets_is_a_bottleneck(one_thread):
     """The diagonal flip's targets span 4 dimensions: through 2 hidden units no training fits them, through 4 it can."""
     narrow = dg.diagnose(cpu("data=diag_flip", "model.widths=[2]", "init=kaiming_normal")).row
