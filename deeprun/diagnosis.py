@@ -370,19 +370,18 @@ def mean_field(cfg: DictConfig, model: nn.Module) -> dict:
     if why:
         return {"mean_field": f"not applicable: {why}"}
     sigma_w2, sigma_b2 = init_variances(cfg, model)
-    slope = float(cfg.act.get("slope", 0.01))
-    theory = meanfield.analyse(cfg.act.name, sigma_w2, sigma_b2, slope=slope)
-    return {"mean_field": "applicable", "sigma_w2": sigma_w2, "sigma_b2": sigma_b2,
-            "critical_sigma_w2": _critical_sigma_w2(cfg.act.name, sigma_b2, slope), **theory}
+    return {"mean_field": "applicable", **_theory(cfg.act.name, sigma_w2, sigma_b2, float(cfg.act.get("slope", 0.01)))}
 
 
-@functools.lru_cache(maxsize=1024)  # a sweep's jobs share it (seeds, lrs): up to 90 ms a search (gelu)
-def _critical_sigma_w2(act: str, sigma_b2: float, slope: float) -> float:
-    """meanfield.critical_sigma_w2, NaN where the activation has no critical point."""
+@functools.lru_cache(maxsize=1024)  # a sweep's jobs share it (seeds, lrs): up to 90 ms (gelu's critical point)
+def _theory(act: str, sigma_w2: float, sigma_b2: float, slope: float) -> dict:
+    """meanfield.analyse, and meanfield.critical_sigma_w2 (NaN where the activation has no critical point)."""
     try:
-        return meanfield.critical_sigma_w2(act, sigma_b2, slope=slope)
+        critical = meanfield.critical_sigma_w2(act, sigma_b2, slope=slope)
     except ValueError:
-        return math.nan
+        critical = math.nan
+    return {"sigma_w2": sigma_w2, "sigma_b2": sigma_b2, "critical_sigma_w2": critical,
+            **meanfield.analyse(act, sigma_w2, sigma_b2, slope=slope)}
 
 
 def _not_mean_field(cfg: DictConfig) -> Optional[str]:

@@ -9,6 +9,7 @@ and the end of a sweep read records without it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -105,6 +106,7 @@ def _texts(column: pd.Series) -> list[str]:
     return ["" if v is None or v is pd.NA or v != v else _quoted(str(v)) for v in values]
 
 
+@functools.lru_cache(maxsize=4096)  # layers.csv's names: a few, on every row
 def _quoted(text: str, special=re.compile(r'[,"\r\n]').search) -> str:
     """A field in quotes where the csv module's QUOTE_MINIMAL (pandas' default) quotes it."""
     return '"' + text.replace('"', '""') + '"' if special(text) else text
