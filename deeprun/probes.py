@@ -82,17 +82,17 @@ class Reduced(NamedTuple):
     shape: tuple  # (E, B, C, ...)
     total: torch.Tensor  # (E,) sum
     root: torch.Tensor  # (E,) L2 norm
-    positive: torch.Tensor  # (E, C) each unit's sum of positive parts
+    peak: torch.Tensor  # (E, C) each unit's largest value
     tail: torch.Tensor  # (E,) count in its own kind's flat tails (tanh / sigmoid), else 0
 
 
 def activation_stats(s: torch.Tensor, kinds) -> list[torch.Tensor]:
     """For G same-shaped activations stacked as (G, E, B, C, ...): sum (G, E), root of the sum of squares
-    (G, E) (the host makes mean and std of them), each unit's sum of positive parts (G, E, C; zero: never
-    positive on any sample) and, for each of tanh / sigmoid in `kinds`, tail counts (G, E)."""
+    (G, E) (the host makes mean and std of them), each unit's largest value (G, E, C; <= 0: never positive
+    on any sample) and, for each of tanh / sigmoid in `kinds`, tail counts (G, E)."""
     s = s.flatten(4) if s.dim() > 4 else s  # (G, E, B, C[, H*W])
     over, per_unit = tuple(range(2, s.dim())), (2, 4) if s.dim() > 4 else 2
-    stats = [s.sum(over), torch.linalg.vector_norm(s, dim=over), s.clamp(min=0).sum(per_unit)]
+    stats = [s.sum(over), torch.linalg.vector_norm(s, dim=over), s.amax(per_unit)]
     return stats + [tail(s).sum(over).float() for kind, tail in TAILS.items() if kind in kinds]
 
 
@@ -196,8 +196,8 @@ class Probes:
             a = a if self.members else a.unsqueeze(0)  # (E, B, C, ...)
             if a.shape[0] * a.shape[1] * self._per_sample > BIG:  # the whole pass's would be: keep none
                 kind = _kind(module)
-                total, root, positive, *tail = [t[0] for t in activation_stats(a.unsqueeze(0), {kind})]
-                a = Reduced(tuple(a.shape), total, root, positive, tail[0] if tail else torch.zeros_like(total))
+                total, root, peak, *tail = [t[0] for t in activation_stats(a.unsqueeze(0), {kind})]
+                a = Reduced(tuple(a.shape), total, root, peak, tail[0] if tail else torch.zeros_like(total))
             self._captured.append(a)
         handles = [m.register_forward_hook(take) for m in self._act_modules]
         try:
@@ -241,7 +241,7 @@ class Probes:
                 if isinstance(captured[idx[0]], Reduced):  # a group is all big or all small: they share a shape
                     group = [captured[i] for i in idx]
                     parts += [torch.stack([r.total for r in group]), torch.stack([r.root for r in group]),
-                              torch.stack([r.positive for r in group])]
+                              torch.stack([r.peak for r in group])]
                     parts += [torch.stack([r.tail if k == kind else torch.zeros_like(r.tail) for r, k in zip(group, kinds)])
                               for kind in TAILS if kind in kinds]
                 else:
@@ -269,7 +269,7 @@ class Probes:
         blocks = [(len(self.weights),)] * 4  # grads, ||W_after - W_before||, ||W_after||, ||W_before||
         for idx in self._groups(shapes):
             kinds = {self.acts[i][1] for i in idx}
-            blocks += [(len(idx),), (len(idx),), (len(idx), shapes[idx[0]][2])]  # sums, roots, positive parts
+            blocks += [(len(idx),), (len(idx),), (len(idx), shapes[idx[0]][2])]  # sums, roots, peaks
             blocks += [(len(idx),) for kind in TAILS if kind in kinds]
         return blocks
 
@@ -302,14 +302,14 @@ class Probes:
         np.divide(updates, before, out=out[..., 2], where=updated & (before != 0))
         for idx in self._groups(shapes):
             units, size = shapes[idx[0]][2], math.prod(shapes[idx[0]][1:])  # per member
-            sums, roots, positive = take(), take(), take()
+            sums, roots, peaks = take(), take(), take()
             layers = np.array([self.acts[i][2] for i in idx])
             kinds = np.array([self.acts[i][1] for i in idx])
             out[:, layers, 3] = sums / size
             if size > 1:
                 out[:, layers, 4] = np.sqrt(np.maximum(roots * roots - sums * sums / size, 0.0) / (size - 1))
             dead = kinds == "dead"
-            out[:, layers[dead], 5] = (positive[:, dead] == 0).sum(-1) / units
+            out[:, layers[dead], 5] = (peaks[:, dead] <= 0).sum(-1) / units
             for kind in TAILS:
                 if kind in kinds:
                     tails = take()
