@@ -40,7 +40,6 @@ from .records import (DIAGNOSIS, DIAGNOSIS_BLOCKS, DIAGNOSIS_JACOBIAN, DIAGNOSIS
 from .train import MEMBER_LOSS
 
 
-
 def _measured_numbers(row: tuple) -> tuple[str, ...]:
     """The numbers each draw measures of a diagnosis table (schema.py): its outcome columns but the spreads."""
     spreads = {f"{c.name}_std" for c in row}

@@ -37,9 +37,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, filter_overrides, setup_globals
 from hydra.types import HydraContext, RunMode, TaskFunction
-import yaml
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
-from omegaconf._utils import OmegaConfDumper
 
 from . import sweep
 from .config import ConfigError
@@ -229,21 +227,6 @@ class FastConfigLoader:
         return [s and i > last for i, s in enumerate(simple)]
 
 
-class _Dumper(getattr(yaml, "CDumper", yaml.Dumper)):  # type: ignore[misc]
-    """OmegaConf's YAML dumper (its quoting of strings that read as numbers or bools) on libyaml's C
-    emitter: a third of OmegaConf.to_yaml's time (7 ms a job for the .hydra files); only long strings
-    fold their lines differently."""
-
-
-_Dumper.add_representer(str, OmegaConfDumper.str_representer)
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    """OmegaConf.to_yaml(cfg): the YAML that OmegaConf.load reads back as cfg."""
-    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
-    return yaml.dump(container, Dumper=_Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
-
-
 def _without_hydra(cfg: DictConfig) -> DictConfig:
     """The task's config, as run_job makes it: a deep copy without the hydra node."""
     task = copy.deepcopy(cfg)
@@ -410,7 +393,7 @@ class Batched:
             for name, node in (("config.yaml", job.cfg), ("hydra.yaml", job.hydra_cfg),
                                ("overrides.yaml", config.hydra.overrides.task)):
                 with open(hydra_dir / name, "w", encoding="utf-8") as f:
-                    f.write(to_yaml(node))
+                    f.write(OmegaConf.to_yaml(node))
 
     def _job_return(self, job: _Job) -> JobReturn:
         ret = JobReturn()

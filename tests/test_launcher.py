@@ -8,7 +8,6 @@ signals need a `deeprun` process (background jobs: conftest.background), and so 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -431,17 +430,3 @@ def test_add_results_replaces_rows_of_the_same_runs_in_one_write(tmp_path):
     assert set(sweep.finished_runs(tmp_path)) == {"0", "1_a", "10_b"}
     assert sweep.finished_run(tmp_path, "1_a")[0] == tmp_path / "1_a"
     assert config_key(OmegaConf.create({"a": 1})) == config_key(OmegaConf.create({"a": 1, "resume": True}))
-
-
-def test_the_hydra_files_yaml_reads_back_as_the_config_and_quotes_as_omegaconf_does():
-    from omegaconf import OmegaConf
-
-    from deeprun.launcher import to_yaml
-
-    cfg = deeprun.compose(["depth=3", "lr=1e-3"])
-    assert to_yaml(cfg) == OmegaConf.to_yaml(cfg)  # config.yaml: the same text as Hydra's run_job writes
-    tricky = OmegaConf.create({"a": "1e-3", "b": "true", "c": "null", "d": "10", "e": "${depth}", "f": "x: y",
-                               "g": "word " * 40 + "\nsecond line", "h": [1, "2", None], "i": {"j": "ü"}})
-    text = to_yaml(tricky)
-    assert OmegaConf.to_container(OmegaConf.load(io.StringIO(text))) == OmegaConf.to_container(tricky)
-    assert "a: '1e-3'" in text and "b: 'true'" in text and "d: '10'" in text  # strings stay strings
