@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from deeprun import jacobian
 from deeprun.jacobian import frozen, spectrum
 from deeprun.models import CNN, MLP, ResidualMLP
 
@@ -92,6 +93,35 @@ def test_exact_matches_oracle_residual_batchnorm():
         h = model.stem(x[:4])
     np.testing.assert_allclose(r["singular_values"], per_sample_sv(composition, h), rtol=1e-5, atol=1e-10)
     assert model.training
+
+
+@pytest.mark.parametrize("width", [16, 80])  # rows by one pass through repeated samples, and by a batched backward
+def test_both_ways_of_taking_the_rows_give_the_oracles_spectrum(width, monkeypatch):
+    torch.manual_seed(2)
+    model = ResidualMLP(n_in=3, n_out=1, depth=2, width=width, act=functools.partial(nn.Tanh), norm="batch").double()
+    x = torch.randn(24, 3, dtype=torch.float64)
+    stats = batch_stats(model, x)
+
+    def composition(h):
+        z = model.stem_act(h)
+        for b in model.blocks:
+            f = b.f
+            z = b.act(z + _bn(f.norm2, f.fc2(f.act(_bn(f.norm, f.fc1(z), stats))), stats))
+        return z
+
+    with torch.no_grad():
+        oracle = per_sample_sv(composition, model.stem(x[:3]))
+    for small_out in (0, 1000):  # every width the batched way, then every width by repeated samples
+        monkeypatch.setattr(jacobian, "SMALL_OUT", small_out)
+        r = spectrum(model, x, samples=3)
+        assert r["jac_method"] == "exact" and r["jac_dims"] == f"{width}x{width}"
+        np.testing.assert_allclose(r["singular_values"], oracle, rtol=1e-6, atol=1e-10)
+    assert model.training
+
+
+def _bn(m, z, stats):
+    mean, var = stats[m]
+    return (z - mean) / torch.sqrt(var + m.eps) * m.weight + m.bias
 
 
 @pytest.mark.parametrize("make", [
