@@ -19,6 +19,7 @@ import contextlib
 import functools
 import math
 import platform
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,8 @@ SIGNAL_BLOWN = 1e4  # above it (or its residual blocks' output variance grows so
 VERDICTS = ("healthy", "vanishing", "exploding", "dead units", "saturated", "ordered", "chaotic", "bottleneck")
 FIXES = {
     "vanishing": "act=relu with init=auto, norm=batch norm.position=pre, model=resnet",
-    "exploding": "init=auto (a smaller weight variance), norm=batch, model=resnet model.residual_scale=rezero, grad_clip=1",
+    "exploding": "init=auto (a smaller weight variance), norm=batch norm.position=pre, model=resnet "
+                 "model.residual_scale=rezero, grad_clip=1",
     "dead units": "act=leaky_relu or act=elu, init=auto (kaiming), norm=batch norm.position=pre",
     "saturated": "init=auto (xavier for tanh and sigmoid), norm=batch norm.position=pre, act=relu",
     "ordered": "a larger weight variance (init=mean_field init.sigma_w2 near {critical}), a smaller depth (<= {depth}), model=resnet",
@@ -133,7 +135,7 @@ def _diagnose(cfg: DictConfig, out_dir: Optional[str | Path], data, threads: Opt
     row.update({k: v for k, v in theory.items() if k != "singular_values"})
     verdict = judge(row, theory, depth=_depth(cfg), act=cfg.act.name, blocks=block_table,
                     draw0=init_columns(per_draw[:1]) if draws > 1 else None)
-    row.update({"verdict@init": verdict.name, "evidence": verdict.evidence, "fixes": verdict.fixes,
+    row.update({"verdict@init": verdict.name, "evidence": verdict.evidence, "fixes": untried(verdict.fixes, cfg),
                 "seconds": time.perf_counter() - start, "host": platform.node(), "torch": torch.__version__,
                 "error": None})
     result = Diagnosis(row, table, block_table, np.asarray(spectrum["singular_values"], dtype=np.float64))
@@ -482,6 +484,30 @@ def judge(row: dict, theory: dict, depth: int, act: str, blocks: Optional[pd.Dat
         return verdict("dead units", f"on draw 0, the net this seed trains: {_dead_text(row | draw0)} (the mean over "
                                      f"the {row.get('draws', 'several')} draws is healthy)")
     return verdict("healthy", gradient or "gradients and activations keep their scale through the net")
+
+
+def untried(fixes: str, cfg: DictConfig) -> str:
+    """`fixes` (FIXES' comma-separated list) less each fix that is only settings `cfg` already has: no
+    `norm=batch` for a net with BatchNorm. A fix that says more than key=value keeps its place."""
+    return ", ".join(fix for fix in fixes.split(", ") if not _already(fix, cfg)) if fixes else fixes
+
+
+def _already(fix: str, cfg: DictConfig) -> bool:
+    words = re.sub(r"\([^)]*\)", "", fix).split()  # a remark in parentheses only explains
+    settings = [w.split("=", 1) for w in words if w != "with"]
+    return bool(settings) and all(len(s) == 2 and _same(_setting(cfg, s[0]), s[1]) for s in settings)
+
+
+def _setting(cfg: DictConfig, key: str):
+    value = OmegaConf.select(cfg, key, default=None)
+    return value.get("name") if isinstance(value, DictConfig) else value  # a group: its option's name
+
+
+def _same(value, text: str) -> bool:
+    try:
+        return float(value) == float(text)
+    except (TypeError, ValueError):
+        return str(value) == text
 
 
 def _dead(columns: dict, act: str) -> bool:

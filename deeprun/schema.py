@@ -166,7 +166,8 @@ ROW: tuple[Column, ...] = (
            f"`batch_size` rows), by the rules of the diagnosis: {VERDICT_NAMES}", BOTH,
            diagnosis=f"the verdict: {VERDICT_NAMES}"),
     Column("evidence", OUTCOME, "the numbers behind the verdict, in words", (DIAGNOSIS,)),
-    Column("fixes", OUTCOME, "what to try against the verdict's trouble", (DIAGNOSIS,)),
+    Column("fixes", OUTCOME, "what to try against the verdict's trouble, less the fixes that are only settings the "
+           "config already has", (DIAGNOSIS,)),
     Column("seconds", OUTCOME, "wall-clock time of the whole run; trained in a stack, its share: the stack's "
            "time / `stack_size`", BOTH, diagnosis="wall-clock time of the diagnosis", expect=True),
     Column("stack_size", RECORD, "how many jobs trained together as one stacked model (the batched launcher, "

@@ -129,6 +129,21 @@ def test_draw_0s_dead_units_count_only_where_the_mean_is_healthy_and_the_activat
     assert dg.judge(vanishing, {}, depth=4, act="relu", draw0=draw0).name == "vanishing"
 
 
+def test_fixes_leave_out_what_the_config_already_has():
+    post = deeprun.compose(["depth=100", "act=tanh", "norm=batch", "norm.position=post"])  # seed 000's net
+    assert dg.untried(dg.FIXES["exploding"], post) == \
+        "norm=batch norm.position=pre, model=resnet model.residual_scale=rezero, grad_clip=1"  # init=auto is its own
+    pre = deeprun.compose(["norm=batch", "norm.position=pre", "grad_clip=1", "init=kaiming_normal"])
+    assert dg.untried(dg.FIXES["exploding"], pre) == \
+        "init=auto (a smaller weight variance), model=resnet model.residual_scale=rezero"
+    relu = deeprun.compose(["act=relu", "init=auto"])  # both settings of "act=relu with init=auto" are there
+    assert dg.untried(dg.FIXES["vanishing"], relu) == "norm=batch norm.position=pre, model=resnet"
+    critical = deeprun.compose(["init=mean_field"])  # a fix in words stays, whatever settings it names
+    ordered = dg.FIXES["ordered"].format(critical="1.76", depth=20)
+    assert dg.untried(ordered, critical) == ordered
+    assert dg.untried("", critical) == ""
+
+
 def test_a_layer_narrower_than_the_targets_is_a_bottleneck(one_thread):
     """The diagonal flip's targets span 4 dimensions: through 2 hidden units no training fits them, through 4 it can."""
     narrow = dg.diagnose(cpu("data=diag_flip", "model.widths=[2]", "init=kaiming_normal")).row
