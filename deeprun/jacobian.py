@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -151,7 +152,7 @@ class _Linearised:
 SMALL_OUT = 64  # up to this many Jacobian rows, the net runs on each sample repeated (samples x n_out rows)
 
 
-def _exact(jac: _Linearised, repeated) -> torch.Tensor:
+def _exact(jac: _Linearised, repeated: Callable[[int], _Linearised]) -> torch.Tensor:
     """(samples, min(n_out, n_in)) singular values of the full per-sample Jacobians. The frozen net treats
     samples independently, so output unit k's backward pass gives row k of every sample's J at once: n_out
     passes, vmapped into one batched backward; or, for a few rows, one plain backward pass through
