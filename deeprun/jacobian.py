@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable
 
 import numpy as np
 import torch
@@ -149,22 +148,29 @@ class _Linearised:
         return torch.autograd.grad(self.g, self.u0, v, retain_graph=True, is_grads_batched=batched)[0]
 
 
-SMALL_OUT = 64  # up to this many Jacobian rows, the net runs on each sample repeated (samples x n_out rows)
+SMALL_OUT = 64  # up to this many Jacobian rows, they come from one pass through repeated samples (_repeated_rows)
 
 
-def _exact(jac: _Linearised, repeated: Callable[[int], _Linearised]) -> torch.Tensor:
-    """(samples, min(n_out, n_in)) singular values of the full per-sample Jacobians. The frozen net treats
-    samples independently, so output unit k's backward pass gives row k of every sample's J at once: n_out
-    passes, vmapped into one batched backward; or, for a few rows, one plain backward pass through
-    `repeated(n_out)`, the net on each sample repeated n_out times, copy k seeded with e_k (the batched
-    pass's first call imports torch's symbolic shapes, 0.25 s, more than a small net's whole diagnosis)."""
+def _batched_rows(jac: _Linearised) -> torch.Tensor:
+    """(samples, n_out, n_in): every sample's J. The frozen net treats samples independently, so output unit
+    k's backward pass (e_k in every row) gives row k of every sample's J at once: n_out passes, vmapped into
+    one batched backward (whose first call imports torch's symbolic shapes, 0.25 s)."""
     samples, n_out = jac.z.shape
+    basis = torch.eye(n_out, dtype=jac.z.dtype, device=jac.z.device).unsqueeze(1).expand(n_out, samples, n_out)
+    return jac.back(basis, batched=True).transpose(0, 1)
+
+
+def _repeated_rows(model: nn.Module, first: nn.Module, head: nn.Module, x: torch.Tensor,
+                   h0: torch.Tensor, n_out: int) -> torch.Tensor:
+    """As _batched_rows, by one plain backward pass through the frozen net on each sample of x repeated n_out
+    times (rows s * n_out + k), copy k seeded with e_k: for a few rows, cheaper than the batched pass."""
+    split = _Split(model, first, head, x.repeat_interleave(n_out, 0))
+    try:
+        jac = _Linearised(split, h0.repeat_interleave(n_out, 0))
+    finally:
+        split.close()
     eye = torch.eye(n_out, dtype=jac.z.dtype, device=jac.z.device)
-    if n_out <= SMALL_OUT:
-        rows = repeated(n_out).back(eye.repeat(samples, 1)).view(samples, n_out, -1)
-    else:
-        rows = jac.back(eye.unsqueeze(1).expand(n_out, samples, n_out), batched=True).transpose(0, 1)
-    return torch.linalg.svdvals(rows)
+    return jac.back(eye.repeat(len(x), 1)).view(len(x), n_out, -1)
 
 
 def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -272,7 +278,9 @@ def spectrum(model: nn.Module, x: torch.Tensor, samples: int = 4, exact_max: int
                 return _result("not finite: the head's input overflows float32", f"{n_out}x{n_in}",
                                math.inf, math.nan, math.inf)
             if n_in <= exact_max and n_out <= exact_max:
-                sv = _exact(jac, lambda copies: _repeated(model, first, head, x[:samples], split.h0, copies))
+                rows = _repeated_rows(model, first, head, x[:samples], split.h0, n_out) if n_out <= SMALL_OUT \
+                    else _batched_rows(jac)
+                sv = torch.linalg.svdvals(rows)  # (samples, min(n_out, n_in))
                 method, mean_sq = "exact", sv.pow(2).mean().item()
             else:
                 sv, frob = _estimated(jac, iters, gen)
@@ -281,17 +289,6 @@ def spectrum(model: nn.Module, x: torch.Tensor, samples: int = 4, exact_max: int
             split.close()
     sv_max, sv_min = sv.max().item(), sv.min().item()
     return _result(method, f"{n_out}x{n_in}", sv_max, sv_min, mean_sq, sv.flatten().cpu().numpy())
-
-
-def _repeated(model: nn.Module, first: nn.Module, head: nn.Module, x: torch.Tensor, h0: torch.Tensor,
-              copies: int) -> _Linearised:
-    """J of the frozen net at h0 on `copies` copies of each sample of x, in a row: sample s's copies
-    are rows s * copies to (s + 1) * copies - 1."""
-    split = _Split(model, first, head, x.repeat_interleave(copies, 0))
-    try:
-        return _Linearised(split, h0.repeat_interleave(copies, 0))
-    finally:
-        split.close()
 
 
 def _result(method: str, dims: str = "", sv_max=float("nan"), sv_min=float("nan"), mean_sq=float("nan"),
